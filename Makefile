@@ -1,0 +1,40 @@
+# Every target bootstraps .venv on first use, so each works on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+VARIANT ?= cait_xxs24_224
+WEIGHTS ?= pretrained
+PYTEST_ARGS ?=
+
+.PHONY: venv port parity test test-all lint clean
+
+venv: $(STAMP)
+
+# torch is installed first with '===' so that a local CPU-only '2.13.0+cpu' wheel (some
+# machines carry one in pip's find-links) is not picked: PyPI's torchvision is built against
+# PyPI's torch, and the CPU-only torch with it fails at `import torchvision` (timm needs it).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'torch===2.13.0' 'torchvision==0.28.0'
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+port: $(STAMP)
+	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(PORT_ARGS)
+
+parity: $(STAMP)
+	$(PY) -m porting.cli parity $(VARIANT) $(PARITY_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check porting parity tests benchmarks
+
+clean:
+	rm -rf artifacts/*/ artifacts/.*.tmp

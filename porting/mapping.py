@@ -1,0 +1,376 @@
+"""The declarative mapping engine: PyTorch state_dict keys <-> Keras variable paths.
+
+A mapping file (``mappings/<family>.yaml``, schema in ``mappings/README.md``) lists rules
+``from`` a source key pattern ``to`` a Keras variable path pattern with a named transform.
+The engine is strict: a port is refused, in one error that names every offender, when a
+source key is unused, a Keras variable is unassigned, a key is claimed by two rules, a
+variable is assigned twice, or a shape disagrees. Nothing is dropped unless the mapping says
+so, with a reason.
+
+The same rules run backwards (Keras weights -> state_dict) through each transform's
+inverse, which is what proves a port bit-exact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from porting.transforms import TRANSFORMS, get_transform
+
+MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class MappingFileError(ValueError):
+    """A mapping file that cannot be read: names the file and the line."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        self.path, self.line, self.message = str(path), line, message
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class ShapeMismatch:
+    rule: str
+    source_key: str
+    target: str
+    source_shape: tuple
+    transformed_shape: tuple
+    target_shape: tuple
+
+    def __str__(self) -> str:
+        return (f"{self.source_key} -> {self.target} via {self.rule}: source {self.source_shape}, "
+                f"transformed {self.transformed_shape}, Keras {self.target_shape}")
+
+
+@dataclass
+class MappingError(ValueError):
+    """Everything that stops a port, gathered so one run shows every problem."""
+
+    mapping_path: str
+    unused_sources: dict[str, tuple] = field(default_factory=dict)
+    unassigned_targets: dict[str, tuple] = field(default_factory=dict)
+    multiply_matched: dict[str, list[str]] = field(default_factory=dict)
+    assigned_twice: dict[str, list[str]] = field(default_factory=dict)
+    shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
+    source_name: str = "checkpoint"
+
+    def __bool__(self) -> bool:
+        return bool(self.unused_sources or self.unassigned_targets or self.multiply_matched
+                    or self.assigned_twice or self.shape_mismatches)
+
+    def __str__(self) -> str:
+        lines = [f"{self.mapping_path} cannot map {self.source_name}:"]
+
+        def section(title: str, items: list[str]) -> None:
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    - {item}" for item in items)
+
+        section("source keys no rule used", [f"{k} {tuple(s)}" for k, s in sorted(self.unused_sources.items())])
+        section("Keras variables no rule assigned",
+                [f"{k} {tuple(s)}" for k, s in sorted(self.unassigned_targets.items())])
+        section("keys matched by two or more rules",
+                [f"{k}: {' and '.join(r)}" for k, r in sorted(self.multiply_matched.items())])
+        section("Keras variables assigned more than once",
+                [f"{k}: from {', '.join(s)}" for k, s in sorted(self.assigned_twice.items())])
+        section("shape mismatches", [str(m) for m in self.shape_mismatches])
+        return "\n".join(lines)
+
+
+def _compile_pattern(pattern: str, separator: str) -> tuple[re.Pattern, tuple[str, ...]]:
+    parts, names, pos = [], [], 0
+    for match in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[pos:match.start()]))
+        name = match.group(1)
+        if name in names:
+            parts.append(f"(?P={name})")
+        else:
+            names.append(name)
+            parts.append(f"(?P<{name}>[0-9]+)")
+        pos = match.end()
+    parts.append(re.escape(pattern[pos:]))
+    return re.compile("^" + "".join(parts) + "$"), tuple(names)
+
+
+def _check_placeholders(pattern: str, path: Path | str, line: int, what: str) -> set[str]:
+    names = set()
+    for match in _PLACEHOLDER.finditer(pattern):
+        name = match.group(1)
+        if not _IDENTIFIER.match(name):
+            raise MappingFileError(path, line, f"bad placeholder {{{name}}} in {what} {pattern!r}: "
+                                   "placeholders are names like {i}")
+        names.add(name)
+    leftover = _PLACEHOLDER.sub("", pattern)
+    if "{" in leftover or "}" in leftover:
+        raise MappingFileError(path, line, f"unbalanced brace in {what} {pattern!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class Rule:
+    source: str
+    target: str
+    transform: str
+    line: int
+    source_regex: re.Pattern
+    target_regex: re.Pattern
+
+    def describe(self) -> str:
+        return f"rule at line {self.line} ({self.source} -> {self.target}, {self.transform})"
+
+    def target_for(self, source_key: str) -> str | None:
+        match = self.source_regex.match(source_key)
+        return self.target.format(**match.groupdict()) if match else None
+
+    def source_for(self, target_path: str) -> str | None:
+        match = self.target_regex.match(target_path)
+        return self.source.format(**match.groupdict()) if match else None
+
+
+@dataclass(frozen=True)
+class Drop:
+    pattern: str
+    reason: str
+    line: int
+    regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class Rename:
+    """A regex substitution applied to source keys before matching (checkpoint prefixes...)."""
+
+    pattern: re.Pattern
+    replace: str
+    line: int
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that records each mapping's line and refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+_TOP_KEYS = {"family", "source", "description", "rename", "rules", "drop"}
+
+
+@dataclass
+class MappingSpec:
+    path: str
+    family: str
+    source: str
+    rules: list[Rule]
+    drops: list[Drop] = field(default_factory=list)
+    renames: list[Rename] = field(default_factory=list)
+
+    # -- reading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> MappingSpec:
+        path = Path(path)
+        if not path.exists():
+            raise MappingFileError(path, None, "mapping file not found")
+        try:
+            data = yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise MappingFileError(path, mark.line + 1 if mark else None,
+                                   f"YAML error: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise MappingFileError(path, None, f"YAML error: {exc}") from None
+        return cls.from_data(data, path)
+
+    @classmethod
+    def from_data(cls, data: Any, path: str | Path = "<mapping>") -> MappingSpec:
+        if not isinstance(data, dict):
+            raise MappingFileError(path, 1, "a mapping file is a YAML mapping with 'family' and 'rules'")
+        unknown = set(data) - _TOP_KEYS - {"__line__"}
+        if unknown:
+            raise MappingFileError(path, data.get("__line__"),
+                                   f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+        for key in ("family", "rules"):
+            if key not in data:
+                raise MappingFileError(path, data.get("__line__"), f"missing top-level key {key!r}")
+        rules, targets = [], {}
+        if not isinstance(data["rules"], list) or not data["rules"]:
+            raise MappingFileError(path, data.get("__line__"), "'rules' must be a non-empty list")
+        for entry in data["rules"]:
+            rules.append(cls._rule(entry, path, targets))
+        drops = [cls._drop(entry, path) for entry in data.get("drop") or []]
+        renames = [cls._rename(entry, path) for entry in data.get("rename") or []]
+        return cls(str(path), str(data["family"]), str(data.get("source", "")), rules, drops, renames)
+
+    @staticmethod
+    def _rule(entry: Any, path: Path | str, targets: dict[str, int]) -> Rule:
+        if not isinstance(entry, dict):
+            raise MappingFileError(path, None, f"each rule is a mapping with from/to/transform, got {entry!r}")
+        line = entry.get("__line__")
+        missing = [k for k in ("from", "to") if k not in entry]
+        if missing:
+            raise MappingFileError(path, line, f"rule is missing {', '.join(missing)}")
+        extra = set(entry) - {"from", "to", "transform", "__line__"}
+        if extra:
+            raise MappingFileError(path, line, f"unknown rule keys {sorted(extra)}")
+        source, target = str(entry["from"]), str(entry["to"])
+        transform = str(entry.get("transform", "identity"))
+        if transform not in TRANSFORMS:
+            raise MappingFileError(path, line, f"unknown transform {transform!r}; known: {sorted(TRANSFORMS)}")
+        source_names = _check_placeholders(source, path, line, "'from'")
+        target_names = _check_placeholders(target, path, line, "'to'")
+        if source_names != target_names:
+            raise MappingFileError(
+                path, line, f"placeholders differ between from {sorted(source_names)} and to "
+                f"{sorted(target_names)}: each must appear on both sides")
+        if target in targets:
+            raise MappingFileError(path, line, f"duplicate target {target!r} (also at line {targets[target]})")
+        targets[target] = line
+        source_regex, _ = _compile_pattern(source, ".")
+        target_regex, _ = _compile_pattern(target, "/")
+        return Rule(source, target, transform, line, source_regex, target_regex)
+
+    @staticmethod
+    def _drop(entry: Any, path: Path | str) -> Drop:
+        if not isinstance(entry, dict) or "key" not in entry or not entry.get("reason"):
+            line = entry.get("__line__") if isinstance(entry, dict) else None
+            raise MappingFileError(path, line, "each drop needs 'key' and a non-empty 'reason'")
+        _check_placeholders(str(entry["key"]), path, entry["__line__"], "drop key")
+        return Drop(str(entry["key"]), str(entry["reason"]), entry["__line__"],
+                    _compile_pattern(str(entry["key"]), ".")[0])
+
+    @staticmethod
+    def _rename(entry: Any, path: Path | str) -> Rename:
+        if not isinstance(entry, dict) or "pattern" not in entry or "replace" not in entry:
+            line = entry.get("__line__") if isinstance(entry, dict) else None
+            raise MappingFileError(path, line, "each rename needs 'pattern' (a regex) and 'replace'")
+        try:
+            regex = re.compile(str(entry["pattern"]))
+        except re.error as exc:
+            raise MappingFileError(path, entry["__line__"], f"bad rename pattern: {exc}") from None
+        return Rename(regex, str(entry["replace"]), entry["__line__"])
+
+    def with_drops(self, drops: dict[str, str]) -> MappingSpec:
+        """This mapping with extra deliberate drops (e.g. the classifier of a feature extractor)."""
+        extra = [Drop(k, r, 0, _compile_pattern(k, ".")[0]) for k, r in drops.items()]
+        return MappingSpec(self.path, self.family, self.source, self.rules, self.drops + extra, self.renames)
+
+    # -- forward -----------------------------------------------------------------------------
+    def rename_key(self, key: str) -> str:
+        for rename in self.renames:
+            key = rename.pattern.sub(rename.replace, key)
+        return key
+
+    def plan(self, source_shapes: MappingABC[str, tuple], target_shapes: MappingABC[str, tuple],
+             keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint") -> dict[str, tuple[str, Rule]]:
+        """Check a port without touching data: {target path: (source key, rule)} or MappingError.
+
+        ``keep_unassigned`` names Keras variables left as initialised on purpose (a new
+        classifier head of another class count).
+        """
+        error = MappingError(self.path, source_name=source_name)
+        assignments: dict[str, tuple[str, Rule]] = {}
+        claimed_by: dict[str, list[str]] = {}
+        for key, shape in source_shapes.items():
+            renamed = self.rename_key(key)
+            hits = [(rule, rule.target_for(renamed)) for rule in self.rules]
+            hits = [(rule, target) for rule, target in hits if target is not None]
+            if len(hits) > 1:
+                error.multiply_matched[key] = [rule.describe() for rule, _ in hits]
+                continue
+            if not hits:
+                if not any(drop.regex.match(renamed) for drop in self.drops):
+                    error.unused_sources[key] = tuple(shape)
+                continue
+            rule, target = hits[0]
+            if target not in target_shapes:
+                error.unused_sources[key] = tuple(shape)
+                continue
+            claimed_by.setdefault(target, []).append(key)
+            transformed = _transformed_shape(tuple(shape), rule.transform)
+            if transformed != tuple(target_shapes[target]):
+                error.shape_mismatches.append(ShapeMismatch(
+                    rule.describe(), key, target, tuple(shape), transformed, tuple(target_shapes[target])))
+            assignments[target] = (key, rule)
+        for target, keys in claimed_by.items():
+            if len(keys) > 1:
+                error.assigned_twice[target] = keys
+        for target, shape in target_shapes.items():
+            if target not in claimed_by and target not in keep_unassigned:
+                error.unassigned_targets[target] = tuple(shape)
+        if error:
+            raise error
+        return assignments
+
+    def forward(self, state_dict: MappingABC[str, Any], target_shapes: MappingABC[str, tuple],
+                keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint"):
+        """Yield ``(target path, array in Keras layout)`` once the whole plan has been checked.
+
+        A generator, so a caller can assign and release one tensor at a time.
+        """
+        shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+        plan = self.plan(shapes, target_shapes, keep_unassigned, source_name)
+        for target, (key, rule) in plan.items():
+            yield target, get_transform(rule.transform).forward(np.asarray(state_dict[key]))
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward(self, keras_weights: MappingABC[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keras weights back to the source's key layout, strict in the same way.
+
+        Keys are produced in their renamed form (the canonical layout, e.g. timm's).
+        """
+        error = MappingError(self.path, source_name="Keras weights")
+        out: dict[str, np.ndarray] = {}
+        for path, value in keras_weights.items():
+            hits = [(rule, rule.source_for(path)) for rule in self.rules]
+            hits = [(rule, key) for rule, key in hits if key is not None]
+            if len(hits) != 1:
+                if hits:
+                    error.multiply_matched[path] = [rule.describe() for rule, _ in hits]
+                else:
+                    error.unassigned_targets[path] = tuple(np.shape(value))
+                continue
+            rule, key = hits[0]
+            if key in out:
+                error.assigned_twice[key] = [path]
+            out[key] = np.ascontiguousarray(get_transform(rule.transform).inverse(np.asarray(value)))
+        if error:
+            raise error
+        return out
+
+    def rules_feeding(self, target_paths: list[str]) -> list[Rule]:
+        """The rules that assign any of ``target_paths`` (to localise a parity failure)."""
+        return [rule for rule in self.rules if any(rule.target_regex.match(p) for p in target_paths)]
+
+
+def _transformed_shape(shape: tuple, transform: str) -> tuple:
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+    return tuple(get_transform(transform).forward(probe).shape)
+
+
+def load_mapping(name_or_path: str | Path) -> MappingSpec:
+    """Load ``mappings/<name>`` (e.g. ``cait.yaml``) or an explicit path."""
+    path = Path(name_or_path)
+    if not path.exists() and not path.is_absolute():
+        path = MAPPINGS_DIR / path
+    return MappingSpec.load(path)

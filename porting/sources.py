@@ -1,0 +1,203 @@
+"""Where source weights come from: timm pretrained (HF hub or its cache), a local file, or
+explicitly random weights. PyTorch side only; never import TensorFlow here.
+
+Whatever the origin, the result is written as one safetensors file in the family's canonical
+key layout, which every later step (mapping, reference, round trip) reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from porting.variants import VariantSpec
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+class PretrainedUnavailableError(CheckpointError):
+    pass
+
+
+@dataclass
+class Origin:
+    """What the weights are, recorded in every report and manifest."""
+
+    kind: str  # "pretrained" | "file" | "random"
+    description: str
+    seed: int | None = None
+    file: str | None = None
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "description": self.description, "seed": self.seed, "file": self.file,
+                "sha256": self.sha256, "notes": self.notes, "random_weights": self.is_random}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    # Training checkpoints nest the weights ({'model': ...}, {'state_dict': ...}); take the
+    # first level that is a flat dict of tensors.
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    raise CheckpointError(
+        f"{path}: no state_dict found (expected a dict of tensors, possibly under one of "
+        f"{', '.join(WRAPPER_KEYS)}); top-level keys: {sorted(obj)[:10] if isinstance(obj, dict) else type(obj)}")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without running any code it may carry.
+
+    safetensors is preferred (no code path at all); pickles go through
+    ``torch.load(weights_only=True)``, whose restricted unpickler refuses ``__reduce__`` payloads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); "
+                                  "it may be truncated or corrupt: download it again") from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; "
+                              f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: the pickle holds objects other than tensors (possibly code), and "
+            f"it was not executed. Get a .safetensors version of this checkpoint, or re-save it "
+            f"from trusted code. Detail: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); "
+                              "it may be truncated or corrupt") from None
+    return _unwrap(obj, path)
+
+
+def perturb_(model: torch.nn.Module, seed: int) -> None:
+    """Make every branch of a freshly initialised model matter.
+
+    timm initialises LayerScale gammas at 1e-5..1e-6, biases at zero and weights at std 0.02,
+    so a port that got a whole branch wrong would still match, and every attention map would
+    be nearly uniform (a transposed q/k would hardly show). So: gammas ~ U(0.1, 1), biases
+    ~ N(0, 0.05), norm weights ~ 1 + N(0, 0.1), query/key projections x5 (peaked attention),
+    and talking-heads mixing matrices ~ I + N(0, 1/heads).
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            module = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
+            noise = torch.randn(param.shape, generator=generator)
+            if leaf.startswith("gamma"):
+                param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.1)
+            elif leaf == "bias":
+                param.copy_(noise * 0.05)
+            elif param.ndim == 1:  # norm weights
+                param.copy_(1.0 + noise * 0.1)
+            elif module in ("qkv", "q", "k") and ".attn." in f".{name}":
+                param.mul_(5.0)
+            elif module in ("proj_l", "proj_w"):
+                heads = param.shape[0]
+                param.copy_(torch.eye(heads) + noise / heads**0.5)
+
+
+def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str, torch.Tensor],
+                      classifier: str, num_classes: int, origin: Origin) -> dict[str, torch.Tensor]:
+    head_keys = [k for k in state if k == classifier or k.startswith(classifier + ".")]
+    weight = state.get(f"{classifier}.weight")
+    if weight is None or weight.shape[0] == num_classes:
+        return state
+    state = {k: v for k, v in state.items() if k not in head_keys}
+    if num_classes > 0:
+        state.update({k: v for k, v in reference_state.items() if k.startswith(classifier + ".")})
+        origin.notes.append(f"classifier replaced: checkpoint has {weight.shape[0]} classes, port has "
+                            f"{num_classes}; the new head is randomly initialised (for fine-tuning)")
+    else:
+        origin.notes.append(f"classifier dropped ({weight.shape[0]} classes): feature-extractor port")
+    return state
+
+
+def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
+                    build_reference=None) -> tuple[dict[str, torch.Tensor], Origin]:
+    """Weights for ``spec`` in canonical layout, and where they came from.
+
+    ``weights`` is ``"pretrained"``, ``"random"`` or a file path. ``build_reference`` builds
+    the PyTorch model of ``spec`` (used for random weights and for a new classifier head).
+    """
+    torch.manual_seed(seed)
+    reference = build_reference(spec) if build_reference else None
+    classifier = "head"
+    if weights == "random":
+        perturb_(reference, seed)
+        origin = Origin("random", f"random initialisation (timm init, perturbed), seed {seed}", seed=seed)
+        return {k: v.detach().clone() for k, v in reference.state_dict().items()}, origin
+    if weights == "pretrained":
+        state, origin = _load_pretrained(spec)
+    else:
+        path = Path(weights).expanduser()
+        state = load_checkpoint(path)
+        origin = Origin("file", str(path), file=str(path.resolve()), sha256=sha256_file(path))
+    if reference is not None:
+        state = _reset_classifier(state, reference.state_dict(), classifier, spec.config.num_classes, origin)
+    return state, origin
+
+
+def _load_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
+    if not spec.pretrained_tag:
+        raise PretrainedUnavailableError(f"{spec.name} has no published pretrained weights; "
+                                         "pass WEIGHTS=/path/to/checkpoint or WEIGHTS=random")
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.pretrained_tag)
+    hub_id = (cfg.hf_hub_id or "") if cfg else ""
+    hub_id = hub_id + spec.pretrained_tag.split(".", 1)[0] if hub_id.endswith("/") else hub_id
+    try:
+        model = timm.create_model(spec.pretrained_tag, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise PretrainedUnavailableError(
+            f"pretrained weights for {spec.name} ({spec.pretrained_tag}, Hugging Face repo {hub_id or '?'}) "
+            f"are neither in the local Hugging Face cache nor downloadable"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+            f"Alternatives: download on a connected machine (`hf download {hub_id}`) and copy "
+            f"~/.cache/huggingface, or pass WEIGHTS=/path/to/model.safetensors (or .pth), "
+            f"or WEIGHTS=random for an explicitly random-weights port.") from None
+    origin = Origin("pretrained", f"timm {spec.pretrained_tag} (hf://{hub_id})")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, origin
