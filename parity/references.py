@@ -34,12 +34,14 @@ def build_timm_cait(spec: VariantSpec) -> torch.nn.Module:
 
 
 class AttentionRecorder:
-    """Collects attention maps from every ``*.attn.attn_drop`` module while active.
+    """Collects attention maps from every ``*.attn.attn_drop`` module while active, and with
+    ``intermediates`` each block's output (modules named ``<list>.<index>``).
 
-    Output names follow the Keras model's: ``blocks.3.attn`` -> ``blocks_3_attn``.
+    Output names follow the Keras model's: ``blocks.3.attn`` -> ``blocks_3_attn``,
+    ``blocks.3`` -> ``blocks_3_out``.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, intermediates: bool = False):
         self.maps: dict[str, torch.Tensor] = {}
         self._handles = []
         for name, module in model.named_modules():
@@ -48,6 +50,8 @@ class AttentionRecorder:
                     module.fused_attn = False
                 key = name.replace(".", "_")
                 self._handles.append(module.attn_drop.register_forward_hook(self._hook(key)))
+            elif intermediates and name.rsplit(".", 1)[-1].isdigit() and "." in name:
+                self._handles.append(module.register_forward_hook(self._hook(name.replace(".", "_") + "_out")))
 
     def _hook(self, key: str):
         def record(_module, _inputs, output):
@@ -60,9 +64,10 @@ class AttentionRecorder:
 
 
 def run_reference(model: torch.nn.Module, images_nhwc: np.ndarray, output_name: str = "logits",
-                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str, np.ndarray]:
+                  dtype: torch.dtype = torch.float32, device: str = "cpu",
+                  intermediates: bool = False) -> dict[str, np.ndarray]:
     """Outputs of the reference on NHWC images: the head output and every attention map."""
-    recorder = AttentionRecorder(model)
+    recorder = AttentionRecorder(model, intermediates)
     model = model.to(device=device, dtype=dtype)
     try:
         with torch.no_grad():

@@ -11,6 +11,7 @@ Written with ``keras.ops`` only, so it runs on every Keras backend.
 from __future__ import annotations
 
 import math
+
 import keras
 from keras import layers, ops
 
@@ -260,12 +261,15 @@ class ClassToken(layers.Layer):
         return {**super().get_config(), "embed_dim": self.embed_dim, "initializer": self.initializer}
 
 
-def build_cait(config: CaiTConfig, initializer: str = "random", name: str = "cait") -> keras.Model:
+def build_cait(config: CaiTConfig, initializer: str = "random", name: str = "cait",
+               intermediates: bool = False) -> keras.Model:
     """Functional CaiT returning a dict: ``logits`` (or ``features`` when ``num_classes == 0``)
     and one attention map per block, named after the block (``blocks_0_attn`` ...,
     ``blocks_token_only_0_attn`` ...).
 
     ``initializer="zeros"`` skips random initialisation for models whose weights are loaded next.
+    ``intermediates=True`` also returns each block's output (``blocks_0_out`` ...), which the
+    parity harness uses to find the first block that diverges; exported models leave them out.
     """
     c = config
     images = keras.Input((c.image_size, c.image_size, c.in_channels), name="images")
@@ -276,12 +280,16 @@ def build_cait(config: CaiTConfig, initializer: str = "random", name: str = "cai
         x, attn = LayerScaleBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.init_values,
                                   c.layer_norm_eps, initializer, name=f"blocks_{i}")(x)
         outputs[f"blocks_{i}_attn"] = attn
+        if intermediates:
+            outputs[f"blocks_{i}_out"] = x
     cls_token = ClassToken(c.embed_dim, initializer, name="cls_token")(x)
     for i in range(c.depth_token_only):
         cls_token, attn = LayerScaleBlockClassAttention(
             c.embed_dim, c.num_heads, c.mlp_ratio_token_only, c.qkv_bias, c.init_values,
             c.layer_norm_eps, initializer, name=f"blocks_token_only_{i}")(x, cls_token)
         outputs[f"blocks_token_only_{i}_attn"] = attn
+        if intermediates:
+            outputs[f"blocks_token_only_{i}_out"] = cls_token
     # timm normalises [cls, patches] and keeps the class token; LayerNorm is per token, so
     # normalising the class token alone gives the same numbers without the wasted work.
     features = layers.LayerNormalization(epsilon=c.layer_norm_eps, name="norm")(cls_token)[:, 0]

@@ -17,9 +17,10 @@ from porting.mapping import MappingSpec, load_mapping
 from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
-def build_keras_model(spec: VariantSpec, initializer: str = "zeros") -> keras.Model:
+def build_keras_model(spec: VariantSpec, initializer: str = "zeros", intermediates: bool = False) -> keras.Model:
     """The Keras model of ``spec``; ``zeros`` skips a random init the converter overwrites."""
-    return load_symbol(spec.family, "keras_builder")(spec.config, initializer=initializer, name=spec.name)
+    build = load_symbol(spec.family, "keras_builder")
+    return build(spec.config, initializer=initializer, name=spec.name, intermediates=intermediates)
 
 
 def family_mapping(spec: VariantSpec) -> MappingSpec:

@@ -108,6 +108,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "keras_builder": "porting.cait:build_cait",
         "torch_reference": "parity.references:build_timm_cait",
         "mapping": "cait.yaml",
+        "source_label": "timm",
     },
 }
 

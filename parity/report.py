@@ -1,0 +1,85 @@
+"""parity.json (for machines) and parity.md (for people) from the comparisons of one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parity.compare import OutputComparison
+
+
+def runtime_summary(runtime: str, device: str, comparisons: list[OutputComparison]) -> dict:
+    failing = [c for c in comparisons if not c.passed]
+    attention = [c for c in comparisons if c.kind == "attention"]
+    head = next((c for c in comparisons if c.kind in ("logits", "features")), None)
+    return {
+        "runtime": runtime,
+        "device": device,
+        "passed": not failing,
+        "head_output": head.output if head else None,
+        "head_max_abs_diff": head.max_abs_diff if head else None,
+        "head_max_normalized_diff": head.max_normalized_diff if head else None,
+        "top1_agreement": head.top1_agreement if head else None,
+        "top5_agreement": head.top5_agreement if head else None,
+        "attention_maps": len(attention),
+        "attention_worst_normalized_diff": max((c.max_normalized_diff for c in attention), default=None),
+        "attention_worst_output": max(attention, key=lambda c: c.max_normalized_diff).output if attention else None,
+        "failing_outputs": [c.output for c in failing],
+        "outputs": [c.to_dict() for c in comparisons],
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2e}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Parity report: {report['variant']}", ""]
+    if report.get("random_weights"):
+        lines += ["> **Random weights.** This port was made from randomly initialised (perturbed) weights, "
+                  "not a trained checkpoint: it proves the conversion, not accuracy.", ""]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines += [f"**Verdict: {verdict}** (reference: {report['reference']}, inputs: {report['inputs']})", "",
+              f"Weights: {report['origin']['description']}", "",
+              "Metric: max |candidate − reference| / max |reference| per output; tolerances from "
+              "`parity/tolerances.yaml`.", "",
+              "| runtime | device | verdict | logits max abs | logits normalised | tol | top-1 | top-5 "
+              "| attention maps | worst attention (normalised) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["runtimes"]:
+        head = next((o for o in r["outputs"] if o["output"] == r["head_output"]), {})
+        lines.append(
+            f"| {r['runtime']} | {r['device']} | {'pass' if r['passed'] else '**FAIL**'} "
+            f"| {_fmt(r['head_max_abs_diff'])} | {_fmt(r['head_max_normalized_diff'])} "
+            f"| {_fmt(head.get('tolerance'))} "
+            f"| {_pct(r['top1_agreement'])} | {_pct(r['top5_agreement'])} "
+            f"| {r['attention_maps']} | {_fmt(r['attention_worst_normalized_diff'])} "
+            f"({r['attention_worst_output'] or '—'}) |")
+    for r in report["runtimes"]:
+        if r["passed"]:
+            continue
+        lines += ["", f"## {r['runtime']}: out of tolerance", ""]
+        loc = r.get("localisation")
+        if loc:
+            lines += [f"First diverging block: **{loc['block']}**. Mapping rules that feed it:", ""]
+            lines += [f"- line {rule['line']}: `{rule['from']}` → `{rule['to']}` ({rule['transform']})"
+                      for rule in loc["rules"]]
+            lines.append("")
+        lines += ["| output | max abs | normalised | tolerance |", "|---|---|---|---|"]
+        lines += [f"| {o['output']} | {_fmt(o['max_abs_diff'])} | {_fmt(o['max_normalized_diff'])} "
+                  f"| {_fmt(o['tolerance'])} |" for o in r["outputs"] if not o["passed"]][:40]
+    if report.get("roundtrip"):
+        rt = report["roundtrip"]
+        lines += ["", f"Round trip (Keras → {report['source_layout']} safetensors → strict load): "
+                  f"{'bit-exact' if rt.get('bit_exact') else 'MISMATCH'} over {rt.get('num_tensors')} tensors."]
+    lines += ["", f"Generated {report['time']} by vit-porting {report['toolkit_version']}.", ""]
+    return "\n".join(lines)
+
+
+def write_reports(report: dict, folder: Path) -> None:
+    (folder / "parity.json").write_text(json.dumps(report, indent=1))
+    (folder / "parity.md").write_text(render_markdown(report))

@@ -1,0 +1,83 @@
+"""PyTorch worker: source weights, reference outputs, and the round-trip check.
+
+``python -m parity.run_torch JOB.json``; never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from parity.inputs import read_inputs
+from parity.worker import worker_main
+from porting.sources import CheckpointError, load_checkpoint, resolve_weights
+from porting.variants import VariantSpec, load_symbol
+
+
+def _spec(job: dict) -> VariantSpec:
+    return VariantSpec.from_dict(job["spec"])
+
+
+def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
+    model = load_symbol(spec.family, "torch_reference")(spec)
+    state = load_checkpoint(source)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: does not load into the PyTorch {spec.name}: {exc}") from None
+    return model
+
+
+def job_source(job: dict) -> dict:
+    """Resolve WEIGHTS= into one safetensors file in the family's key layout."""
+    from safetensors.torch import save_file
+
+    spec = _spec(job)
+    builder = load_symbol(spec.family, "torch_reference")
+    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), build_reference=builder)
+    save_file({k: v.contiguous() for k, v in state.items()}, job["out"])
+    return {"origin": origin.to_dict(), "num_tensors": len(state),
+            "num_params": int(sum(v.numel() for v in state.values()))}
+
+
+def job_reference(job: dict) -> dict:
+    """Reference outputs (fp32 unless the job says float64) on the shared inputs."""
+    spec = _spec(job)
+    device = job.get("device", "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
+    model = _reference_model(spec, job["source"])
+    from parity.references import run_reference
+
+    output_name = "logits" if spec.config.num_classes > 0 else "features"
+    outputs = run_reference(model, read_inputs(job["inputs"]), output_name, dtype=dtype, device=device,
+                            intermediates=job.get("intermediates", False))
+    np.savez(job["out"], **outputs)
+    info = {"device": device, "torch": torch.__version__}
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def job_roundtrip(job: dict) -> dict:
+    """The mapping-run-backwards file must load into timm strictly and equal the source bit for bit."""
+    spec = _spec(job)
+    model = _reference_model(spec, job["candidate"])  # strict=True load
+    source = load_checkpoint(job["source"])
+    loaded = model.state_dict()
+    mismatched = [k for k in source if k not in loaded or not torch.equal(loaded[k], source[k])]
+    return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
+            "num_tensors": len(source)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from porting.mapping import MappingError
+
+    worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip},
+                (CheckpointError, MappingError), argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Command line: ``vit-port port|parity|list`` (also ``python -m porting.cli``).
+
+The CLI process resolves names and orchestrates; frameworks load only in worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from parity.worker import WorkerError
+from porting.mapping import MappingFileError
+from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port
+from porting.variants import UnknownVariantError, all_variants, get_variant
+
+
+def _spec_from_args(args: argparse.Namespace):
+    spec = get_variant(args.variant)
+    overrides = {}
+    if getattr(args, "num_classes", None) is not None:
+        overrides["num_classes"] = args.num_classes
+    return spec.with_config(**overrides) if overrides else spec
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    options = PortOptions(weights=args.weights, seed=args.seed, batch=args.batch, out_root=Path(args.out),
+                          force=args.force, mapping=args.mapping)
+    report = port(spec, options)
+    _print_summary(report)
+    return 0 if report["passed"] else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, spec in sorted(all_variants().items()):
+        c = spec.config
+        print(f"{name:20s} {spec.family:5s} {c.image_size}px  "
+              f"{getattr(c, 'embed_dim', '')} dim  depth {getattr(c, 'depth', '')}")
+    return 0
+
+
+def _print_summary(report: dict) -> None:
+    for r in report["runtimes"]:
+        status = "pass" if r["passed"] else "FAIL"
+        print(f"{report['variant']}  {r['runtime']:<14} {r['device']:<5} {status}  "
+              f"{r['head_output']} max|Δ| {r['head_max_abs_diff']:.2e} (normalised {r['head_max_normalized_diff']:.2e})"
+              f"  attention worst {r['attention_worst_normalized_diff'] or 0:.2e}")
+        if not r["passed"]:
+            print(f"    out of tolerance: {', '.join(r['failing_outputs'][:8])}"
+                  + (" ..." if len(r["failing_outputs"]) > 8 else ""))
+            if r.get("localisation"):
+                print(f"    first diverging block: {r['localisation']['block']}; rules: "
+                      + "; ".join(f"line {x['line']} {x['from']}" for x in r["localisation"]["rules"]))
+    if report.get("random_weights"):
+        print("NOTE: these are RANDOM weights; the port proves the conversion, not accuracy.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vit-port", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("port", help="convert a variant, write artifacts, check parity")
+    p.add_argument("variant")
+    p.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (timm, HF hub or its cache), 'random', or a .safetensors/.pth path")
+    p.add_argument("--seed", type=int, default=0, help="seed of WEIGHTS=random (default 0)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier size; 0 for a feature extractor (default: the checkpoint's)")
+    p.add_argument("--batch", type=int, default=2, help="parity batch size (default 2)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    p.add_argument("--mapping", default=None, help="mapping file to use instead of the family's")
+    p.set_defaults(func=cmd_port)
+
+    p = sub.add_parser("list", help="list known variants")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownVariantError, PortError, MappingFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
