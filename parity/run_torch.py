@@ -72,10 +72,20 @@ def job_roundtrip(job: dict) -> dict:
             "num_tensors": len(source)}
 
 
+def job_state_shapes(job: dict) -> dict:
+    """Key -> shape of the reference model's state_dict, built on the meta device (no memory),
+    so mapping coverage of the largest variants can be checked without their weights."""
+    spec = _spec(job)
+    with torch.device("meta"):
+        model = load_symbol(spec.family, "torch_reference")(spec)
+    return {"shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
     from porting.mapping import MappingError
 
-    worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip},
+    worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
+                 "state_shapes": job_state_shapes},
                 (CheckpointError, MappingError), argv)
 
 
