@@ -140,7 +140,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         source = work / "source.safetensors"
         src = steps.run("loading source weights (PyTorch)", lambda: run_worker(
             "parity.run_torch", {**job, "job": "source", "weights": options.weights, "seed": options.seed,
-                                 "out": str(source)}, work))
+                                 "mapping": options.mapping, "out": str(source)}, work))
         origin = src["origin"]
         if origin.get("random_weights"):
             log("      NOTE: random weights: this port proves the conversion, not accuracy")

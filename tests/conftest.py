@@ -1,0 +1,45 @@
+"""Shared test plumbing.
+
+The pytest process may import Keras/TensorFlow but never torch: the two in one process abort
+or crash. Everything PyTorch-side runs in worker processes (parity.run_torch), exactly as in
+a real port.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    assert "torch" not in sys.modules, "torch must not be imported in the pytest process"
+
+
+@pytest.fixture
+def quiet_log():
+    """A PortOptions.log that keeps the progress lines for assertions."""
+    lines: list[str] = []
+    lines_log = lines.append
+    lines_log.lines = lines  # type: ignore[attr-defined]
+    return lines_log
+
+
+def run_torch_job(job: dict, work: Path) -> dict:
+    from parity.worker import run_worker
+
+    return run_worker("parity.run_torch", job, work)
+
+
+def run_keras_job(job: dict, work: Path) -> dict:
+    from parity.worker import run_worker
+
+    return run_worker("parity.run_keras", job, work)
