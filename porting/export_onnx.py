@@ -1,0 +1,95 @@
+"""ONNX export from the ported weights, through PyTorch. Runs in a torch worker process only.
+
+Route (measured, see docs/exports.md): the ported ``model.safetensors`` (the Keras weights
+mapped back to the source layout) is loaded strictly into the source model (timm), wrapped
+so that every attention map is a graph output, and exported with
+``torch.onnx.export(dynamo=True)``.
+
+The attention maps are read where the parity reference reads them (CaiT: the output of each
+``attn_drop``, an identity in eval mode, through which every attention layer passes its final
+map), by forward hooks that torch.export traces like any other Python; the wrapper returns
+them as outputs. The fused (SDPA) path never materialises the map, so it is switched off, as
+on the reference.
+
+Input and outputs match the Keras model and the SavedModel: ``images`` float32 NHWC with a
+dynamic batch, ``logits`` (or ``features``) and ``<block>_attn`` per attention layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEFAULT_OPSET = 18
+# protobuf caps one file at 2 GiB; weights past this go to model.onnx.data beside it
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def family_taps(family: str, model: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], Callable]:
+    """Where each attention map is read ({output name: module whose output is the map}, the
+    modules the parity reference hooks too) and how the model is called on NCHW images."""
+    if family == "cait":
+        taps = {}
+        for name, module in model.named_modules():
+            if name.endswith(".attn") and hasattr(module, "attn_drop"):
+                if hasattr(module, "fused_attn"):
+                    module.fused_attn = False  # SDPA never materialises the map
+                taps[name.replace(".", "_")] = module.attn_drop
+        return taps, lambda m, x: m(x)
+    if family == "cvt":
+        from parity.references import hf_cvt_taps
+
+        return hf_cvt_taps(model), lambda m, x: m(pixel_values=x).logits
+    raise NotImplementedError(f"no ONNX attention outputs for the {family!r} family yet (porting/export_onnx.py)")
+
+
+class WithAttentionOutputs(torch.nn.Module):
+    """``model`` on NHWC images, returning (head output, attention map per block...).
+
+    A forward hook on each tap module hands its output to the wrapper, which returns it: the
+    exported graph computes nothing the model does not already compute.
+    """
+
+    def __init__(self, model: torch.nn.Module, family: str):
+        super().__init__()
+        self.model = model
+        taps, self._call = family_taps(family, model)
+        if not taps:
+            raise ValueError(f"{type(model).__name__}: found no attention modules to read maps from")
+        self.attention_names = list(taps)
+        self._maps: dict[str, torch.Tensor] = {}
+        for key, module in taps.items():
+            module.register_forward_hook(self._hook(key))
+
+    def _hook(self, key: str):
+        def record(_module, _inputs, output):
+            self._maps[key] = output
+        return record
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._maps.clear()
+        head = self._call(self.model, images.permute(0, 3, 1, 2))
+        return (head, *[self._maps[k] for k in self.attention_names])
+
+
+def export_onnx(model: torch.nn.Module, family: str, path: Path | str, image_size: int, in_channels: int = 3,
+                head_name: str = "logits", opset: int = DEFAULT_OPSET) -> dict:
+    """Write ``path`` (and ``path.data`` past 1.8 GB of weights); returns what was written."""
+    wrapper = WithAttentionOutputs(model.eval(), family).eval()
+    names = [head_name, *wrapper.attention_names]
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    example = torch.randn(2, image_size, image_size, in_channels)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, (example,), None, input_names=["images"], output_names=names,
+                                    dynamo=True, dynamic_shapes={"images": {0: batch}}, opset_version=opset,
+                                    optimize=True, verbose=False)
+    program.save(str(path), external_data=external)
+    path = Path(path)
+    files = [p.name for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.name + ".")]
+    return {"opset": opset, "outputs": names, "external_data": external, "weight_bytes": weight_bytes,
+            "files": sorted(files), "bytes": sum((path.parent / f).stat().st_size for f in files),
+            "nodes": len(program.model.graph)}

@@ -1,0 +1,118 @@
+"""manifest.json of an artifact folder: what is in it, checksums, versions, and the verdict.
+
+Format (kept stable; ``vit-port verify`` and the tests recompute it)::
+
+    {"variant": str, "family": str,
+     "files": {relative/posix/path: {"size": int, "sha256": hex}},   # every file but manifest.json
+     "origin": {...},          # the weights origin of the port
+     "versions": {"python", "torch", "timm", "tensorflow", "keras", "onnx", "onnxruntime", "numpy", "toolkit"},
+     "parity": {"passed": bool, "report": "parity.json"},
+     "created": UTC ISO-8601 time}
+
+numpy/stdlib only: it runs in the orchestrating process, which imports no framework.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+# distribution names on PyPI for the versions block (read from metadata: nothing is imported)
+_DISTRIBUTIONS = {"torch": "torch", "timm": "timm", "tensorflow": ("tensorflow-cpu", "tensorflow"),
+                  "keras": "keras", "onnx": "onnx", "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                  "numpy": "numpy"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _distribution_version(names: str | tuple[str, ...]) -> str | None:
+    for name in (names,) if isinstance(names, str) else names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def runtime_versions(toolkit: str) -> dict[str, str | None]:
+    """Versions of the installed frameworks, from package metadata (imports none of them)."""
+    versions = {"python": platform.python_version()}
+    versions.update({key: _distribution_version(dist) for key, dist in _DISTRIBUTIONS.items()})
+    versions["toolkit"] = toolkit
+    return versions
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """{relative posix path: {size, sha256}} for every file under ``folder`` but the manifest."""
+    table = {}
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return table
+
+
+def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, parity_passed: bool,
+                   toolkit: str, versions: dict | None = None, report: str = "parity.json") -> dict:
+    """Write ``folder/manifest.json`` over the folder's current files; returns the manifest."""
+    folder = Path(folder)
+    manifest = {
+        "variant": variant,
+        "family": family,
+        "files": file_table(folder),
+        "origin": origin,
+        "versions": versions or runtime_versions(toolkit),
+        "parity": {"passed": bool(parity_passed), "report": report},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path | str) -> dict:
+    return json.loads((Path(folder) / MANIFEST_NAME).read_text())
+
+
+def verify_manifest(folder: Path | str) -> list[str]:
+    """Problems found when the folder is checked against its manifest (empty: it verifies)."""
+    folder = Path(folder)
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return [f"{folder / MANIFEST_NAME}: missing"]
+    except json.JSONDecodeError as exc:
+        return [f"{folder / MANIFEST_NAME}: not JSON ({exc})"]
+    problems = []
+    for key in ("variant", "family", "files", "origin", "versions", "parity", "created"):
+        if key not in manifest:
+            problems.append(f"manifest.json: no {key!r} entry")
+    listed = manifest.get("files", {})
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    present.pop(MANIFEST_NAME, None)
+    for rel, entry in sorted(listed.items()):
+        path = present.get(rel)
+        if path is None:
+            problems.append(f"{rel}: listed in the manifest but missing")
+            continue
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            problems.append(f"{rel}: size {size} != {entry.get('size')} in the manifest")
+            continue
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            problems.append(f"{rel}: sha256 {digest} != {entry.get('sha256')} in the manifest")
+    for rel in sorted(set(present) - set(listed)):
+        problems.append(f"{rel}: present but not in the manifest")
+    return problems
