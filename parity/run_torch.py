@@ -49,7 +49,7 @@ def job_reference(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
     dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
     model = _reference_model(spec, job["source"])
-    from parity.references import run_reference
+    run_reference = load_symbol(spec.family, "torch_runner")  # reads the family's attention maps
 
     output_name = "logits" if spec.config.num_classes > 0 else "features"
     outputs = run_reference(model, read_inputs(job["inputs"]), output_name, dtype=dtype, device=device,
@@ -62,14 +62,21 @@ def job_reference(job: dict) -> dict:
 
 
 def job_roundtrip(job: dict) -> dict:
-    """The mapping-run-backwards file must load into timm strictly and equal the source bit for bit."""
+    """The mapping-run-backwards file must load into the reference strictly and equal the source
+    bit for bit, except for keys the mapping drops on purpose (each with its reason, reported)."""
+    from porting.mapping import load_mapping
+    from porting.variants import FAMILIES
+
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
     source = load_checkpoint(job["source"])
     loaded = model.state_dict()
-    mismatched = [k for k in source if k not in loaded or not torch.equal(loaded[k], source[k])]
+    dropped = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"]).dropped(source)
+    mismatched = [k for k in source
+                  if k not in dropped and (k not in loaded or not torch.equal(loaded[k], source[k]))]
     return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
-            "num_tensors": len(source)}
+            "num_tensors": len(source), "not_compared": len(dropped),
+            "not_compared_reasons": sorted(set(dropped.values()))}
 
 
 def job_state_shapes(job: dict) -> dict:

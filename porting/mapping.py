@@ -144,6 +144,20 @@ class Drop:
     reason: str
     line: int
     regex: re.Pattern
+    # Optional: written back by ``backward`` (a buffer Keras has no variable for, e.g. BatchNorm's
+    # num_batches_tracked) once for every produced key matching ``beside``, with its placeholders.
+    restore: Restore | None = None
+
+
+@dataclass(frozen=True)
+class Restore:
+    value: Any
+    dtype: str
+    beside: str
+    beside_regex: re.Pattern
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.value, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -255,9 +269,28 @@ class MappingSpec:
         if not isinstance(entry, dict) or "key" not in entry or not entry.get("reason"):
             line = entry.get("__line__") if isinstance(entry, dict) else None
             raise MappingFileError(path, line, "each drop needs 'key' and a non-empty 'reason'")
-        _check_placeholders(str(entry["key"]), path, entry["__line__"], "drop key")
-        return Drop(str(entry["key"]), str(entry["reason"]), entry["__line__"],
-                    _compile_pattern(str(entry["key"]), ".")[0])
+        line = entry.get("__line__")
+        extra = set(entry) - {"key", "reason", "restore", "__line__"}
+        if extra:
+            raise MappingFileError(path, line, f"unknown drop keys {sorted(extra)}")
+        names = _check_placeholders(str(entry["key"]), path, line, "drop key")
+        restore = None
+        if entry.get("restore") is not None:
+            spec = entry["restore"]
+            if not isinstance(spec, dict) or {"value", "dtype", "beside"} - set(spec):
+                raise MappingFileError(path, line, "a drop's 'restore' needs 'value', 'dtype' and 'beside' "
+                                       "(a source key pattern it is written next to)")
+            beside = str(spec["beside"])
+            if names - _check_placeholders(beside, path, line, "restore beside"):
+                raise MappingFileError(path, line, f"restore beside {beside!r} must have every placeholder "
+                                       f"of the drop key {sorted(names)}")
+            try:
+                np.dtype(str(spec["dtype"]))
+            except TypeError:
+                raise MappingFileError(path, line, f"restore dtype {spec['dtype']!r} is not a numpy dtype") from None
+            restore = Restore(spec["value"], str(spec["dtype"]), beside, _compile_pattern(beside, ".")[0])
+        return Drop(str(entry["key"]), str(entry["reason"]), line, _compile_pattern(str(entry["key"]), ".")[0],
+                    restore)
 
     @staticmethod
     def _rename(entry: Any, path: Path | str) -> Rename:
@@ -356,7 +389,24 @@ class MappingSpec:
             out[key] = np.ascontiguousarray(get_transform(rule.transform).inverse(np.asarray(value)))
         if error:
             raise error
+        for drop in self.drops:
+            if drop.restore is None:
+                continue
+            for key in list(out):
+                match = drop.restore.beside_regex.match(key)
+                if match:
+                    out[drop.pattern.format(**match.groupdict())] = drop.restore.array()
         return out
+
+    def dropped(self, keys) -> dict[str, str]:
+        """{key: reason} for the keys (canonical layout) this mapping deliberately leaves out."""
+        result = {}
+        for key in keys:
+            renamed = self.rename_key(key)
+            drop = next((d for d in self.drops if d.regex.match(renamed)), None)
+            if drop is not None:
+                result[key] = drop.reason.strip()
+        return result
 
     def rules_feeding(self, target_paths: list[str]) -> list[Rule]:
         """The rules that assign any of ``target_paths`` (to localise a parity failure)."""
@@ -366,6 +416,79 @@ class MappingSpec:
 def _transformed_shape(shape: tuple, transform: str) -> tuple:
     probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
     return tuple(get_transform(transform).forward(probe).shape)
+
+
+class RenameError(ValueError):
+    """A checkpoint whose keys a rename file cannot carry into the canonical layout."""
+
+
+@dataclass
+class RenameSpec:
+    """A declarative key-layout change (``mappings/<family>_<layout>.yaml`` with only ``rename``):
+    regex substitutions applied in order to every key of a checkpoint in another layout.
+
+    Strict like the mappings: a key that no substitution changes, or two keys that end up with
+    one name, stop the rename with an error naming them.
+    """
+
+    path: str
+    family: str
+    source: str
+    renames: list[Rename]
+
+    @classmethod
+    def load(cls, path: str | Path) -> RenameSpec:
+        path = Path(path)
+        if not path.exists():
+            raise MappingFileError(path, None, "rename file not found")
+        try:
+            data = yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
+        except yaml.YAMLError as exc:
+            raise MappingFileError(path, None, f"YAML error: {exc}") from None
+        if not isinstance(data, dict) or not data.get("rename"):
+            raise MappingFileError(path, 1, "a rename file is a YAML mapping with 'family' and a non-empty 'rename'")
+        unknown = set(data) - {"family", "source", "description", "rename", "__line__"}
+        if unknown:
+            raise MappingFileError(path, data.get("__line__"), f"unknown top-level keys {sorted(unknown)}; "
+                                   "a rename file has family, source, description and rename")
+        renames = [MappingSpec._rename(entry, path) for entry in data["rename"]]
+        return cls(str(path), str(data.get("family", "")), str(data.get("source", "")), renames)
+
+    def rename_key(self, key: str) -> str:
+        for rename in self.renames:
+            key = rename.pattern.sub(rename.replace, key)
+        return key
+
+    def apply(self, state: MappingABC[str, Any]) -> dict[str, Any]:
+        """``state`` with every key renamed (values untouched, order kept)."""
+        out: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        unchanged, collisions = [], []
+        for key, value in state.items():
+            new = self.rename_key(key)
+            if new == key:
+                unchanged.append(key)
+            if new in origin:
+                collisions.append(f"{origin[new]} and {key} -> {new}")
+            origin[new] = key
+            out[new] = value
+        if unchanged or collisions:
+            lines = [f"{self.path} cannot rename the checkpoint ({self.source}):"]
+            if unchanged:
+                lines.append(f"  keys no rename applies to ({len(unchanged)}): " + ", ".join(unchanged[:10])
+                             + (" ..." if len(unchanged) > 10 else ""))
+            if collisions:
+                lines.append(f"  keys renamed to one name ({len(collisions)}): " + "; ".join(collisions[:10]))
+            raise RenameError("\n".join(lines))
+        return out
+
+
+def load_renames(name_or_path: str | Path) -> RenameSpec:
+    """Load ``mappings/<name>`` (a rename file) or an explicit path."""
+    path = Path(name_or_path)
+    if not path.exists() and not path.is_absolute():
+        path = MAPPINGS_DIR / path
+    return RenameSpec.load(path)
 
 
 def load_mapping(name_or_path: str | Path) -> MappingSpec:

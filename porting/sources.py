@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from porting.variants import VariantSpec
+from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module")
@@ -108,14 +109,18 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path)
 
 
-def perturb_(model: torch.nn.Module, seed: int) -> None:
+def perturb_(model: torch.nn.Module, seed: int, query_key: str | None = None) -> None:
     """Make every branch of a freshly initialised model matter.
 
     timm initialises LayerScale gammas at 1e-5..1e-6, biases at zero and weights at std 0.02,
     so a port that got a whole branch wrong would still match, and every attention map would
     be nearly uniform (a transposed q/k would hardly show). So: gammas ~ U(0.1, 1), biases
     ~ N(0, 0.05), norm weights ~ 1 + N(0, 0.1), query/key projections x5 (peaked attention),
-    and talking-heads mixing matrices ~ I + N(0, 1/heads).
+    and talking-heads mixing matrices ~ I + N(0, 1/heads). ``query_key`` is a regex naming
+    other query/key projection weights to scale (a family's FAMILIES "perturb_query_key").
+    Depthwise convolution kernels (C, 1, k, k) ~ N(0, 1/k^2), so that they pass the signal on at
+    unit scale (at std 0.02 a 3x3 depthwise projection all but silences its branch), and
+    BatchNorm statistics: running_var ~ U(0.5, 1.5), running_mean ~ N(0, 0.1).
     """
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -131,9 +136,19 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
                 param.copy_(1.0 + noise * 0.1)
             elif module in ("qkv", "q", "k") and ".attn." in f".{name}":
                 param.mul_(5.0)
+            elif query_key and re.search(query_key, name):
+                param.mul_(5.0)
             elif module in ("proj_l", "proj_w"):
                 heads = param.shape[0]
                 param.copy_(torch.eye(heads) + noise / heads**0.5)
+            elif param.ndim == 4 and param.shape[1] == 1 and param.shape[2] * param.shape[3] > 1:
+                param.copy_(noise / (param.shape[2] * param.shape[3]) ** 0.5)
+        for name, buffer in model.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+            elif leaf == "running_mean":
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
 
 
 def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str, torch.Tensor],
@@ -161,10 +176,12 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
     """
     torch.manual_seed(seed)
     reference = build_reference(spec) if build_reference else None
-    classifier = "head"
+    family = FAMILIES[spec.family]
+    classifier = family.get("classifier", "head")
     if weights == "random":
-        perturb_(reference, seed)
-        origin = Origin("random", f"random initialisation (timm init, perturbed), seed {seed}", seed=seed)
+        perturb_(reference, seed, family.get("perturb_query_key"))
+        origin = Origin("random", f"random initialisation ({family['source_label']} init, perturbed), seed {seed}",
+                        seed=seed)
         return {k: v.detach().clone() for k, v in reference.state_dict().items()}, origin
     if weights == "pretrained":
         state, origin = _load_pretrained(spec)
@@ -172,12 +189,71 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
         path = Path(weights).expanduser()
         state = load_checkpoint(path)
         origin = Origin("file", str(path), file=str(path.resolve()), sha256=sha256_file(path))
+    state = to_canonical_layout(spec, state, origin)
     if reference is not None:
         state = _reset_classifier(state, reference.state_dict(), classifier, spec.config.num_classes, origin)
     return state, origin
 
 
+def to_canonical_layout(spec: VariantSpec, state: dict[str, torch.Tensor], origin: Origin) -> dict[str, torch.Tensor]:
+    """Rename a checkpoint in one of the family's other key layouts into the canonical one.
+
+    ``FAMILIES[family]["layouts"]`` lists each layout with a ``detect`` regex (matched against
+    the keys) and a declarative rename file (mappings/, see porting.mapping.RenameSpec).
+    """
+    from porting.mapping import MappingFileError, RenameError, load_renames
+
+    layouts = FAMILIES[spec.family].get("layouts") or {}
+    hits = [name for name, layout in layouts.items() if any(re.search(layout["detect"], k) for k in state)]
+    if not hits:
+        return state
+    if len(hits) > 1:
+        raise CheckpointError(f"{origin.description}: keys match several {spec.family} layouts ({', '.join(hits)}); "
+                              "a checkpoint must be in one layout")
+    layout = layouts[hits[0]]
+    try:
+        state = load_renames(layout["renames"]).apply(state)
+    except (RenameError, MappingFileError) as exc:
+        raise CheckpointError(f"{origin.description}: looks like the {hits[0]} layout "
+                              f"({layout.get('description', '')}), but {exc}") from None
+    origin.notes.append(f"{hits[0]} key layout ({layout.get('description', hits[0])}) renamed into the canonical "
+                        f"{FAMILIES[spec.family]['source_label']} layout by mappings/{layout['renames']}")
+    return state
+
+
 def _load_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
+    loader = FAMILIES[spec.family].get("pretrained_loader")
+    return load_symbol(spec.family, "pretrained_loader")(spec) if loader else load_timm_pretrained(spec)
+
+
+def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
+    """The state_dict of the Hugging Face repo ``spec.pretrained_tag`` (HF cache or hub),
+    read without running code: model.safetensors, else pytorch_model.bin (weights_only)."""
+    if not spec.pretrained_tag:
+        raise PretrainedUnavailableError(f"{spec.name} has no published pretrained weights; "
+                                         "pass WEIGHTS=/path/to/checkpoint or WEIGHTS=random")
+    from huggingface_hub import hf_hub_download
+
+    repo, failures = spec.pretrained_tag, []
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            path = hf_hub_download(repo, filename)
+            break
+        except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
+            failures.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise PretrainedUnavailableError(
+            f"pretrained weights for {spec.name} (Hugging Face repo {repo}) are neither in the local Hugging Face "
+            f"cache nor downloadable{' (HF_HUB_OFFLINE is set)' if offline else ''}: {'; '.join(failures)}\n"
+            f"Alternatives: download on a connected machine (`hf download {repo}`) and copy ~/.cache/huggingface, "
+            f"or pass WEIGHTS=/path/to/checkpoint (the repo's model.safetensors / pytorch_model.bin, or "
+            f"Microsoft's original CvT .pth), or WEIGHTS=random for an explicitly random-weights port.")
+    state = load_checkpoint(path)
+    return state, Origin("pretrained", f"Hugging Face {repo} ({filename})", file=str(path), sha256=sha256_file(path))
+
+
+def load_timm_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
     if not spec.pretrained_tag:
         raise PretrainedUnavailableError(f"{spec.name} has no published pretrained weights; "
                                          "pass WEIGHTS=/path/to/checkpoint or WEIGHTS=random")

@@ -38,6 +38,70 @@ class CaiTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+def _per_stage(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass(frozen=True)
+class CvTConfig:
+    """CvT architecture (Microsoft's ``MODEL.SPEC``): one entry per stage in each tuple.
+
+    ``activation`` is the MLP non-linearity: ``"quick_gelu"`` (x * sigmoid(1.702 x), what
+    Microsoft's checkpoints were trained with) or ``"gelu"`` (exact, what Hugging Face's
+    CvtForImageClassification computes). The two differ by up to ~3e-2 per activation.
+    The q/k/v projection is always Microsoft's ``dw_bn`` (depthwise conv + BatchNorm), the
+    only method of every released checkpoint.
+    """
+
+    image_size: int = 224
+    in_channels: int = 3
+    num_classes: int = 1000
+    patch_sizes: tuple = (7, 3, 3)
+    patch_strides: tuple = (4, 2, 2)
+    patch_paddings: tuple = (2, 1, 1)
+    embed_dims: tuple = (64, 192, 384)
+    num_heads: tuple = (1, 3, 6)
+    depths: tuple = (1, 2, 10)
+    mlp_ratios: tuple = (4.0, 4.0, 4.0)
+    qkv_bias: tuple = (True, True, True)
+    cls_token: tuple = (False, False, True)
+    kernel_qkv: tuple = (3, 3, 3)
+    stride_q: tuple = (1, 1, 1)
+    padding_q: tuple = (1, 1, 1)
+    stride_kv: tuple = (2, 2, 2)
+    padding_kv: tuple = (1, 1, 1)
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    batch_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        # JSON round trips (VariantSpec.from_dict) hand lists back; keep tuples.
+        stages = len(self.depths)
+        for name in ("patch_sizes", "patch_strides", "patch_paddings", "embed_dims", "num_heads", "depths",
+                     "mlp_ratios", "qkv_bias", "cls_token", "kernel_qkv", "stride_q", "padding_q", "stride_kv",
+                     "padding_kv"):
+            value = _per_stage(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != stages:
+                raise ValueError(f"CvTConfig.{name} has {len(value)} entries for {stages} stages")
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise ValueError(f"CvTConfig.activation must be 'quick_gelu' or 'gelu', not {self.activation!r}")
+        if any(self.cls_token[:-1]):
+            raise ValueError("CvT has a class token in the last stage only")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embed_dims[-1]
+
+    @property
+    def depth(self) -> int:
+        return sum(self.depths)
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """A named, buildable model: family, architecture config, source checkpoint, preprocessing."""
@@ -99,6 +163,45 @@ CAIT_VARIANTS = [
     _cait("cait_m48_448", 448, 768, 48, 16, 1e-6),
 ]
 
+# The three CvT architectures (Microsoft's experiments/imagenet/cvt/*.yaml); every other field
+# (patch 7/3/3, stride 4/2/2, kernel 3, k/v stride 2, class token in stage 3) is shared.
+CVT_ARCHITECTURES = {
+    "cvt-13": {"embed_dims": (64, 192, 384), "num_heads": (1, 3, 6), "depths": (1, 2, 10)},
+    "cvt-21": {"embed_dims": (64, 192, 384), "num_heads": (1, 3, 6), "depths": (1, 4, 16)},
+    "cvt-w24": {"embed_dims": (192, 768, 1024), "num_heads": (3, 12, 16), "depths": (2, 2, 20)},
+}
+
+
+def _cvt_preprocessing(image_size: int) -> dict:
+    # Hugging Face's ConvNextImageProcessor of the microsoft/cvt-* repos: bicubic; below 384 px
+    # resize the short side to size / 0.875 and centre-crop, at 384 px resize straight to 384x384.
+    crop_pct = 0.875 if image_size < 384 else 1.0
+    return {**_IMAGENET, "input_size": image_size, "crop_pct": crop_pct, "interpolation": "bicubic",
+            "resize_short_side": round(image_size / crop_pct)}
+
+
+def _cvt(name: str, architecture: str, image_size: int, hf_repo: str, pretraining: str) -> VariantSpec:
+    return VariantSpec(
+        name=name, family="cvt",
+        config=CvTConfig(image_size=image_size, **CVT_ARCHITECTURES[architecture]),
+        pretrained_tag=hf_repo,
+        preprocessing={**_cvt_preprocessing(image_size), "pretraining": pretraining},
+        paper="Wu et al., CvT: Introducing Convolutions to Vision Transformers, ICCV 2021 (arXiv:2103.15808)",
+        license="apache-2.0 (Hugging Face model cards; Microsoft's original code is MIT)",
+    )
+
+
+_IN1K, _IN22K = "ImageNet-1k", "ImageNet-22k, fine-tuned on ImageNet-1k"
+CVT_VARIANTS = [
+    _cvt("cvt-13-224", "cvt-13", 224, "microsoft/cvt-13", _IN1K),
+    _cvt("cvt-13-384", "cvt-13", 384, "microsoft/cvt-13-384", _IN1K),
+    _cvt("cvt-13-384-22k", "cvt-13", 384, "microsoft/cvt-13-384-22k", _IN22K),
+    _cvt("cvt-21-224", "cvt-21", 224, "microsoft/cvt-21", _IN1K),
+    _cvt("cvt-21-384", "cvt-21", 384, "microsoft/cvt-21-384", _IN1K),
+    _cvt("cvt-21-384-22k", "cvt-21", 384, "microsoft/cvt-21-384-22k", _IN22K),
+    _cvt("cvt-w24-384-22k", "cvt-w24", 384, "microsoft/cvt-w24-384-22k", _IN22K),
+]
+
 # family -> where its pieces live. Modules are named, not imported, so that resolving a
 # variant never imports a framework.
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -109,6 +212,26 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "torch_reference": "parity.references:build_timm_cait",
         "mapping": "cait.yaml",
         "source_label": "timm",
+        "torch_runner": "parity.references:run_reference",
+    },
+    "cvt": {
+        "config_class": CvTConfig,
+        "variants": {v.name: v for v in CVT_VARIANTS},
+        "keras_builder": "porting.cvt:build_cvt",
+        "torch_reference": "parity.references:build_hf_cvt",
+        "torch_runner": "parity.references:run_hf_cvt_reference",
+        "mapping": "cvt.yaml",
+        "source_label": "Hugging Face transformers",
+        # state_dict prefix of the classifier (a new head replaces it for another class count)
+        "classifier": "classifier",
+        # WEIGHTS=pretrained: the Hugging Face repo named by pretrained_tag
+        "pretrained_loader": "porting.sources:load_hf_hub_pretrained",
+        # other checkpoint layouts accepted by WEIGHTS=<file>: detected by a key regex, renamed
+        # into the canonical (Hugging Face) layout by a declarative rename file
+        "layouts": {"microsoft": {"detect": r"^(module\.)?stage\d+\.", "renames": "cvt_microsoft.yaml",
+                                  "description": "Microsoft's original CvT checkpoints (github.com/microsoft/CvT)"}},
+        # attention projections scaled up by WEIGHTS=random so that maps are peaked (sources.perturb_)
+        "perturb_query_key": r"\.attention\.attention\.projection_(query|key)\.weight$",
     },
 }
 
