@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 port: $(STAMP)
-	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(PORT_ARGS)
+	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
+		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) $(PORT_ARGS)
 
 parity: $(STAMP)
 	$(PY) -m porting.cli parity $(VARIANT) $(PARITY_ARGS)
