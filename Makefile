@@ -7,7 +7,7 @@ VARIANT ?= cait_xxs24_224
 WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
-.PHONY: venv port parity test test-all lint clean
+.PHONY: venv port parity verify test test-all lint clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,9 @@ port: $(STAMP)
 
 parity: $(STAMP)
 	$(PY) -m porting.cli parity $(VARIANT) $(PARITY_ARGS)
+
+verify: $(STAMP)
+	$(PY) -m porting.cli verify $(VARIANT)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

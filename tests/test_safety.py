@@ -208,3 +208,22 @@ def test_force_replaces_whole_folder_atomically(tmp_path, previous):
     names = {p.name for p in previous.iterdir()}
     assert "previous.txt" not in names and "parity.json" in names  # no mix of old and new
     assert sorted(p.name for p in previous.parent.iterdir()) == ["cait_xxs24_224"]
+
+
+def test_verify_detects_files_changed_since_the_port(tmp_path):
+    port(SPEC, PortOptions(weights="random", out_root=tmp_path, exports=False, log=lambda _m: None))
+    folder = tmp_path / "cait_xxs24_224"
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "porting.cli", "verify", str(folder)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    assert verify().returncode == 0
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit, same size
+    weights.write_bytes(bytes(data))
+    (folder / "notes.txt").write_text("added later")
+    proc = verify()
+    assert proc.returncode == 1
+    assert "model.safetensors: sha256" in proc.stderr and "notes.txt: present but not in the manifest" in proc.stderr
