@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_keras_job, run_torch_job
 from parity.compare import compare_outputs
 from parity.inputs import random_images, write_inputs
 from porting.pipeline import PortError, PortOptions, port
 from porting.variants import CAIT_VARIANTS, get_variant
+
+from conftest import ROOT, run_keras_job, run_torch_job
 
 
 def _port(spec, out_root: Path, **options):
@@ -69,14 +70,15 @@ def test_existing_folder_is_refused_without_force(full_port):
     ("cait_xxs36_384", 2), ("cait_xs24_384", 2), ("cait_s36_384", 2), ("cait_m36_384", 1), ("cait_m48_448", 1),
 ])
 def test_other_widths_and_depths_at_reduced_depth(tmp_path, name, depth):
-    report = _port(get_variant(name).with_config(depth=depth), tmp_path)
+    report = _port(get_variant(name).with_config(depth=depth), tmp_path, exports=False)
     assert report["passed"], report["runtimes"][0]["failing_outputs"]
     assert report["roundtrip"]["bit_exact"]
 
 
 @pytest.mark.parametrize("num_classes, head", [(10, "logits"), (0, "features")])
 def test_class_counts_and_feature_extractor(tmp_path, num_classes, head):
-    report = _port(get_variant("cait_xxs24_224").with_config(depth=2, num_classes=num_classes), tmp_path)
+    report = _port(get_variant("cait_xxs24_224").with_config(depth=2, num_classes=num_classes), tmp_path,
+                   exports=False)
     assert report["passed"]
     assert report["runtimes"][0]["head_output"] == head
 
@@ -134,7 +136,7 @@ def test_port_from_pth_and_safetensors_files(tmp_path):
         "sd = load_file(sys.argv[1]); torch.save({'model': {'module.' + k: v for k, v in sd.items()},"
         " 'epoch': 3}, sys.argv[2])"), str(src), str(pth)], check=True, timeout=300)
     for weights in (src, pth):
-        report = _port(spec, tmp_path / weights.suffix[1:], weights=str(weights))
+        report = _port(spec, tmp_path / weights.suffix[1:], weights=str(weights), exports=False)
         assert report["passed"] and report["origin"]["kind"] == "file"
         assert report["origin"]["sha256"] and not report["random_weights"]
 

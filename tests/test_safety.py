@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import ROOT, run_torch_job
 from porting import pipeline
 from porting.pipeline import PortOptions, port
 from porting.variants import get_variant
+
+from conftest import ROOT, run_torch_job
 
 SPEC = get_variant("cait_xxs24_224").with_config(depth=1)
 VARIANT_ARGS = ["cait_xxs24_224"]
@@ -90,7 +91,7 @@ def test_safetensors_preferred_over_a_pickle_twin(tmp_path, small_weights):
     evil_files, marker = _write_evil_pickles(tmp_path)
     pth = tmp_path / "evil_zip.pth"
     save_file(small_weights, str(pth.with_suffix(".safetensors")))
-    report = port(SPEC, PortOptions(weights=str(pth), out_root=tmp_path / "out", log=lambda _m: None))
+    report = port(SPEC, PortOptions(weights=str(pth), out_root=tmp_path / "out", exports=False, log=lambda _m: None))
     assert report["passed"] and not marker.exists()
     assert report["origin"]["file"].endswith("evil_zip.safetensors")
     assert any("safetensors cannot carry code" in n for n in report["origin"]["notes"])
@@ -163,7 +164,7 @@ def test_asking_for_the_class_count_ports_a_fine_tuned_head(tmp_path, small_weig
 
     path = _edited(tmp_path, small_weights, edit)
     report = port(SPEC.with_config(num_classes=10), PortOptions(weights=str(path), out_root=tmp_path / "out",
-                                                                new_head=True, log=lambda _m: None))
+                                                                new_head=True, exports=False, log=lambda _m: None))
     assert report["passed"]
     head = load_file(str(tmp_path / "out" / "cait_xxs24_224" / "model.safetensors"))["head.weight"]
     assert head.shape == (10, 192) and np.all(head == 1.0)  # the checkpoint's head, not a new one
@@ -184,7 +185,8 @@ def test_failing_writer_leaves_previous_folder(tmp_path, previous, monkeypatch):
 
     monkeypatch.setattr(pipeline, "write_reports", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        port(SPEC, PortOptions(weights="random", out_root=previous.parent, force=True, log=lambda _m: None))
+        port(SPEC, PortOptions(weights="random", out_root=previous.parent, force=True, exports=False,
+                               log=lambda _m: None))
     _assert_untouched(previous)
 
 
