@@ -37,6 +37,62 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
 
 
+def _notes(r: dict) -> str:
+    notes = []
+    if r.get("mode"):
+        notes.append("eager" if r["mode"] == "eager" else f"compiled: {r['mode']}")
+    if r.get("provider"):
+        notes.append(r["provider"])
+    if r.get("device_name"):
+        notes.append(r["device_name"])
+    return ", ".join(notes) or "—"
+
+
+def _runtime_legend(report: dict) -> list[str]:
+    lines = [""]
+    lines += [f"- **{r['runtime']}** ({r['device']}): {r['loads']}" for r in report["runtimes"] if r.get("loads")]
+    devices = report.get("devices") or {}
+    if devices:
+        gpu = (f"CUDA: {devices.get('cuda_device_name')}" if devices.get("cuda")
+               else "CUDA: not available on this machine (GPU runtimes skipped)")
+        lines.append(f"- Devices: CPU; {gpu}.")
+    for skipped in report.get("skipped", []):
+        lines.append(f"- Skipped {skipped['runtime']} on {skipped['device']}: {skipped['reason']}")
+    photos = (report.get("inputs_detail") or {}).get("photos")
+    if photos:
+        lines.append(f"- Photographs ({photos['source']}): {', '.join(photos['names'])}.")
+    return lines
+
+
+def _exports_section(report: dict) -> list[str]:
+    exports = report.get("exports")
+    if not exports:
+        return []
+    lines = ["", "## Artifacts", ""]
+    sm = exports.get("saved_model")
+    if sm:
+        lines.append(f"- `saved_model/` (signature `serving_default`, input `images` NHWC): "
+                     f"{sm['bytes'] / 1e6:.1f} MB, {sm['size_ratio']:.3f}x the weight bytes "
+                     f"({sm['weight_bytes'] / 1e6:.1f} MB).")
+    if exports.get("keras"):
+        lines.append(f"- `model.keras`: {exports['keras']['bytes'] / 1e6:.1f} MB.")
+    onnx = exports.get("onnx")
+    if onnx:
+        lines.append(f"- `model.onnx` (torch.onnx dynamo from model.safetensors): opset {onnx['opset']}, "
+                     f"{onnx['nodes']} nodes, {onnx['bytes'] / 1e6:.1f} MB"
+                     + (", external data" if onnx.get("external_data") else "") + ".")
+    return lines
+
+
+def _steps_section(report: dict) -> list[str]:
+    steps = report.get("steps")
+    if not steps:
+        return []
+    lines = ["", "| step | seconds | peak RSS of its process (MB) |", "|---|---|---|"]
+    lines += [f"| {name} | {t['seconds']:.1f} | {t['peak_rss_mb'] or 0:.0f} |" for name, t in steps.items()]
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# Parity report: {report['variant']}", ""]
     if report.get("random_weights"):
@@ -47,18 +103,25 @@ def render_markdown(report: dict) -> str:
               f"Weights: {report['origin']['description']}", "",
               "Metric: max |candidate − reference| / max |reference| per output; tolerances from "
               "`parity/tolerances.yaml`.", "",
+              "Top-1/top-5: agreement of the runtime's top classes with the reference's, on the seeded "
+              "random batch and on the sample photographs.", "",
               "| runtime | device | verdict | logits max abs | logits normalised | tol | top-1 | top-5 "
-              "| attention maps | worst attention (normalised) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| attention maps | worst attention (normalised) | photos normalised | photos top-1 | photos top-5 "
+              "| notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runtimes"]:
         head = next((o for o in r["outputs"] if o["output"] == r["head_output"]), {})
+        photos = r.get("photos") or {}
         lines.append(
             f"| {r['runtime']} | {r['device']} | {'pass' if r['passed'] else '**FAIL**'} "
             f"| {_fmt(r['head_max_abs_diff'])} | {_fmt(r['head_max_normalized_diff'])} "
             f"| {_fmt(head.get('tolerance'))} "
             f"| {_pct(r['top1_agreement'])} | {_pct(r['top5_agreement'])} "
             f"| {r['attention_maps']} | {_fmt(r['attention_worst_normalized_diff'])} "
-            f"({r['attention_worst_output'] or '—'}) |")
+            f"({r['attention_worst_output'] or '—'}) "
+            f"| {_fmt(photos.get('max_normalized_diff'))} | {_pct(photos.get('top1_agreement'))} "
+            f"| {_pct(photos.get('top5_agreement'))} | {_notes(r)} |")
+    lines += _runtime_legend(report)
     for r in report["runtimes"]:
         if r["passed"]:
             continue
@@ -72,6 +135,7 @@ def render_markdown(report: dict) -> str:
         lines += ["| output | max abs | normalised | tolerance |", "|---|---|---|---|"]
         lines += [f"| {o['output']} | {_fmt(o['max_abs_diff'])} | {_fmt(o['max_normalized_diff'])} "
                   f"| {_fmt(o['tolerance'])} |" for o in r["outputs"] if not o["passed"]][:40]
+    lines += _exports_section(report) + _steps_section(report)
     if report.get("roundtrip"):
         rt = report["roundtrip"]
         lines += ["", f"Round trip (Keras → {report['source_layout']} safetensors → strict load): "

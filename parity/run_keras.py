@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from parity.inputs import read_inputs
+from parity.images import run_on_inputs
 from parity.worker import worker_main
 from porting.mapping import MappingError, MappingFileError, load_mapping
 from porting.variants import VariantSpec
@@ -43,20 +43,67 @@ def job_convert(job: dict) -> dict:
     del state
     timings["assign"] = time.perf_counter() - t
     t = time.perf_counter()
-    outputs = run_keras(model, read_inputs(job["inputs"]))
+    head = next(k for k in model.output if k in ("logits", "features"))
+    outputs = run_on_inputs(lambda images: run_keras(model, images), job["inputs"], head)
     np.savez(job["outputs"], **outputs)
     timings["run_eager"] = time.perf_counter() - t
     t = time.perf_counter()
     write_safetensors(export_state_dict(model, mapping), job["safetensors_out"], metadata={"format": "pt"})
     timings["write_safetensors"] = time.perf_counter() - t
+    exports = {}
+    if job.get("saved_model_out"):
+        from porting.export import write_saved_model
+
+        t = time.perf_counter()
+        exports["saved_model"] = write_saved_model(model, job["saved_model_out"])
+        timings["write_saved_model"] = time.perf_counter() - t
+    if job.get("keras_out"):
+        from porting.export import write_keras_file
+
+        t = time.perf_counter()
+        exports["keras"] = write_keras_file(model, job["keras_out"])
+        timings["write_keras"] = time.perf_counter() - t
     return {"assigned": assigned, "timings": timings, "keras": keras.__version__,
             "backend": keras.backend.backend(),
             "output_order": list(model.output.keys()),
-            "weight_paths": [w.path for w in model.weights]}
+            "weight_paths": [w.path for w in model.weights], "exports": exports}
+
+
+def job_run_file(job: dict) -> dict:
+    """Reload ``model.keras`` from disk and run it: eagerly (``keras_file``) or compiled
+    (``keras_compiled``: XLA via ``jit_compile=True``, else a tf.function; which one is recorded)."""
+    import keras
+
+    from porting.variants import FAMILIES
+
+    # registers the family's serializable layers (package vit_porting)
+    spec = VariantSpec.from_dict(job["spec"])
+    __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])
+    from porting.convert import run_keras
+
+    model = keras.saving.load_model(job["model"], compile=False)
+    head = next(k for k in model.output if k in ("logits", "features"))
+    info: dict = {"keras": keras.__version__, "backend": keras.backend.backend(),
+                  "output_order": list(model.output.keys()), "weight_paths": [w.path for w in model.weights]}
+    if not job.get("compiled"):
+        outputs = run_on_inputs(lambda images: run_keras(model, images), job["inputs"], head)
+        info["mode"] = "eager"
+    else:
+        try:
+            model.compile(jit_compile=True)
+            outputs = run_on_inputs(lambda images: run_keras(model, images, compiled=True), job["inputs"], head)
+            info["mode"] = "xla"
+        except Exception as exc:  # XLA cannot compile some graphs/devices: fall back, say so
+            model.compile(jit_compile=False)
+            outputs = run_on_inputs(lambda images: run_keras(model, images, compiled=True), job["inputs"], head)
+            info["mode"] = "tf.function"
+            info["xla_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    np.savez(job["outputs"], **outputs)
+    return info
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"convert": job_convert}, (MappingError, MappingFileError), argv)
+    worker_main({"convert": job_convert, "run_file": job_run_file}, (MappingError, MappingFileError), argv)
 
 
 if __name__ == "__main__":

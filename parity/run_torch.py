@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from parity.inputs import read_inputs
+from parity.images import run_on_inputs
 from parity.worker import worker_main
 from porting.sources import CheckpointError, load_checkpoint, resolve_weights
-from porting.variants import VariantSpec, load_symbol
+from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
 def _spec(job: dict) -> VariantSpec:
@@ -29,15 +29,29 @@ def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
 
 
 def job_source(job: dict) -> dict:
-    """Resolve WEIGHTS= into one safetensors file in the family's key layout."""
+    """Resolve WEIGHTS= into one safetensors file in the family's canonical key layout.
+
+    The mapping's declarative renames (e.g. a 'module.' prefix) are applied here, so that the
+    reference, the converter and the round trip all read the same keys.
+    """
     from safetensors.torch import save_file
+
+    from porting.mapping import load_mapping
 
     spec = _spec(job)
     builder = load_symbol(spec.family, "torch_reference")
-    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), build_reference=builder)
-    save_file({k: v.contiguous() for k, v in state.items()}, job["out"])
-    return {"origin": origin.to_dict(), "num_tensors": len(state),
-            "num_params": int(sum(v.numel() for v in state.values()))}
+    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), build_reference=builder,
+                                    new_head=job.get("new_head", False))
+    mapping = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"])
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = mapping.rename_key(key)
+        if new in renamed:
+            raise CheckpointError(f"{origin.description}: two keys become {new!r} after the mapping's renames")
+        renamed[new] = value
+    save_file({k: v.contiguous() for k, v in renamed.items()}, job["out"])
+    return {"origin": origin.to_dict(), "num_tensors": len(renamed),
+            "num_params": int(sum(v.numel() for v in renamed.values()))}
 
 
 def job_reference(job: dict) -> dict:
@@ -52,10 +66,15 @@ def job_reference(job: dict) -> dict:
     run_reference = load_symbol(spec.family, "torch_runner")  # reads the family's attention maps
 
     output_name = "logits" if spec.config.num_classes > 0 else "features"
-    outputs = run_reference(model, read_inputs(job["inputs"]), output_name, dtype=dtype, device=device,
-                            intermediates=job.get("intermediates", False))
+    intermediates = job.get("intermediates", False)
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        return run_reference(model, images, output_name, dtype=dtype, device=device, intermediates=intermediates)
+
+    # the seeded batch (every output) and the sample photographs (head output), if present
+    outputs = run_on_inputs(run, job["inputs"], output_name)
     np.savez(job["out"], **outputs)
-    info = {"device": device, "torch": torch.__version__}
+    info = {"device": device, "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
     if device.startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
@@ -80,19 +99,34 @@ def job_roundtrip(job: dict) -> dict:
 
 
 def job_state_shapes(job: dict) -> dict:
-    """Key -> shape of the reference model's state_dict, built on the meta device (no memory),
+    """Key -> shape of each reference model's state_dict, built on the meta device (no memory),
     so mapping coverage of the largest variants can be checked without their weights."""
+    shapes = {}
+    for spec_dict in job["specs"]:
+        spec = VariantSpec.from_dict(spec_dict)
+        with torch.device("meta"):
+            model = load_symbol(spec.family, "torch_reference")(spec)
+        shapes[spec.name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return {"shapes": shapes}
+
+
+def job_onnx(job: dict) -> dict:
+    """model.onnx from the ported weights (``candidate``: the round-tripped model.safetensors,
+    loaded strictly), with every attention map as an output (porting/export_onnx.py)."""
+    from porting.export_onnx import export_onnx
+
     spec = _spec(job)
-    with torch.device("meta"):
-        model = load_symbol(spec.family, "torch_reference")(spec)
-    return {"shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    model = _reference_model(spec, job["candidate"])  # strict=True load
+    head = "logits" if spec.config.num_classes > 0 else "features"
+    return export_onnx(model, spec.family, job["out"], spec.image_size, spec.config.in_channels, head_name=head,
+                       opset=job.get("opset", 18))
 
 
 def main(argv: list[str] | None = None) -> None:
     from porting.mapping import MappingError
 
     worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
-                 "state_shapes": job_state_shapes},
+                 "state_shapes": job_state_shapes, "onnx": job_onnx},
                 (CheckpointError, MappingError), argv)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``vit-port port|parity|list`` (also ``python -m porting.cli``).
+"""Command line: ``vit-port port|parity|verify|list`` (also ``python -m porting.cli``).
 
 The CLI process resolves names and orchestrates; frameworks load only in worker processes.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from parity.worker import WorkerError
 from porting.mapping import MappingFileError
-from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port
+from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port, recheck
 from porting.variants import UnknownVariantError, all_variants, get_variant
 
 
@@ -26,10 +26,38 @@ def _spec_from_args(args: argparse.Namespace):
 def cmd_port(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     options = PortOptions(weights=args.weights, seed=args.seed, batch=args.batch, out_root=Path(args.out),
-                          force=args.force, mapping=args.mapping)
+                          force=args.force, mapping=args.mapping, new_head=args.num_classes is not None,
+                          exports=not args.no_export)
     report = port(spec, options)
     _print_summary(report)
     return 0 if report["passed"] else 1
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    get_variant(args.variant)  # a misspelt name gets the usual suggestions
+    report = recheck(args.variant, Path(args.out))
+    _print_summary(report)
+    return 0 if report["passed"] else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Recompute every checksum in the folder's manifest.json; non-zero on any difference."""
+    from porting.manifest import verify_manifest
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        folder = Path(args.out) / args.folder
+    if not folder.is_dir():
+        get_variant(args.folder)  # a misspelt variant name gets the usual suggestions
+        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={args.folder}` first")
+    problems = verify_manifest(folder)
+    for problem in problems:
+        print(f"{folder}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"verify FAILED: {len(problems)} problem(s); do not publish this folder", file=sys.stderr)
+        return 1
+    print(f"{folder}: every file matches manifest.json")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -71,7 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     p.add_argument("--mapping", default=None, help="mapping file to use instead of the family's")
+    p.add_argument("--no-export", action="store_true",
+                   help="write model.safetensors and check Keras eager only (no SavedModel, .keras, ONNX)")
     p.set_defaults(func=cmd_port)
+
+    p = sub.add_parser("parity", help="re-check an existing artifact folder (no conversion) and rewrite its reports")
+    p.add_argument("variant")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("verify", help="check an artifact folder's files against its manifest.json checksums")
+    p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("list", help="list known variants")
     p.set_defaults(func=cmd_list)

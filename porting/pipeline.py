@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from parity.compare import compare_outputs, first_divergent_block, load_policy
-from parity.inputs import random_images, write_inputs
+from parity.images import sample_photos, split_photo_outputs, write_parity_inputs
+from parity.inputs import random_images
 from parity.report import runtime_summary, write_reports
-from parity.worker import run_worker
+from parity.worker import WorkerError, run_worker
+from porting.manifest import verify_manifest, write_manifest
 from porting.mapping import load_mapping
 from porting.variants import FAMILIES, VariantSpec
 
@@ -43,6 +45,9 @@ class PortOptions:
     out_root: Path = DEFAULT_ARTIFACTS
     force: bool = False
     mapping: str | None = None  # override the family mapping (tests, custom checkpoints)
+    exports: bool = True  # SavedModel, .keras, ONNX and their runtimes; False: safetensors + Keras eager only
+    photos: bool = True  # also compare on scikit-image's sample photographs (top-1/top-5 agreement)
+    new_head: bool = False  # the class count was asked for: replace a checkpoint head of another size
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -80,23 +85,79 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
                                        "transform": r.transform} for r in rules]}
 
 
-def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, np.ndarray]],
-                 reference: dict[str, np.ndarray], output_order: list[str], weight_paths: list[str],
-                 mapping_path: str | None, device: str = "cpu", extra: dict | None = None) -> dict:
+@dataclass
+class RuntimeRun:
+    """One runtime's outputs on the parity inputs, and what it said about itself."""
+
+    runtime: str
+    device: str
+    outputs: dict[str, np.ndarray]
+    info: dict = field(default_factory=dict)
+
+
+# what each runtime loads (shown in the report)
+RUNTIME_SOURCES = {
+    "keras_eager": "Keras model converted in this port, called eagerly",
+    "keras_compiled": "model.keras reloaded, compiled (XLA where it works)",
+    "keras_file": "model.keras reloaded, called eagerly",
+    "savedmodel": "saved_model/ via tf.saved_model.load, signature serving_default",
+    "onnxruntime": "model.onnx in ONNX Runtime",
+}
+# worker result keys worth keeping in the report
+_INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs")
+
+
+def _photo_summary(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], device: str,
+                   policy: dict) -> dict | None:
+    if not reference:
+        return None
+    (c,) = compare_outputs(reference, candidate, device, policy)[:1]
+    return {"count": int(next(iter(reference.values())).shape[0]), "output": c.output, "passed": c.passed,
+            "max_abs_diff": c.max_abs_diff, "max_normalized_diff": c.max_normalized_diff, "tolerance": c.tolerance,
+            "top1_agreement": c.top1_agreement, "top5_agreement": c.top5_agreement}
+
+
+def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, np.ndarray]] | list[RuntimeRun],
+                 reference: dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]], output_order: list[str],
+                 weight_paths: list[str], mapping_path: str | None, device: str = "cpu",
+                 extra: dict | None = None) -> dict:
+    """Compare every runtime with the PyTorch reference of its device.
+
+    ``reference`` is one reference's outputs, or {device: outputs} when runtimes ran on more
+    than one device. Outputs under ``photos:<head>`` are the head outputs on the sample
+    photographs: compared under the same tolerance, with their own top-1/top-5 agreement.
+    A runtime without the diagnostic ``*_out`` outputs (the exported artifacts) is compared
+    on the outputs it has; its first diverging block is found from the attention maps.
+    """
     policy = load_policy()
+    if isinstance(runtimes, dict):
+        runtimes = [RuntimeRun(name, device, outputs) for name, outputs in runtimes.items()]
+    references = reference if all(isinstance(v, dict) for v in reference.values()) else {device: reference}
     summaries = []
-    for runtime, outputs in runtimes.items():
-        comparisons = compare_outputs(reference, outputs, device, policy)
-        summary = runtime_summary(runtime, device, comparisons)
+    for run in runtimes:
+        ref_main, ref_photos = split_photo_outputs(references[run.device])
+        main, photos = split_photo_outputs(run.outputs)
+        ref_main = {k: v for k, v in ref_main.items() if k in main or not k.endswith("_out")}
+        comparisons = compare_outputs(ref_main, main, run.device, policy)
+        summary = runtime_summary(run.runtime, run.device, comparisons)
+        summary["loads"] = RUNTIME_SOURCES.get(run.runtime, "")
+        summary.update({k: run.info[k] for k in _INFO_KEYS if run.info.get(k) is not None})
+        photo = _photo_summary(ref_photos, photos, run.device, policy) if ref_photos else None
+        if photo:
+            summary["photos"] = photo
+            if not photo["passed"]:
+                summary["passed"] = False
+                summary["failing_outputs"].append(f"photos:{photo['output']}")
         if not summary["passed"]:
             block = first_divergent_block(comparisons, output_order)
             summary["localisation"] = localise(mapping_path, spec, block, weight_paths)
         summaries.append(summary)
+    devices = sorted(references)
     return {
         "variant": spec.name, "family": spec.family, "config": spec.to_dict()["config"],
-        "passed": all(s["passed"] for s in summaries),
+        "passed": bool(summaries) and all(s["passed"] for s in summaries),
         "random_weights": bool(origin.get("random_weights")), "origin": origin,
-        "reference": f"PyTorch ({FAMILIES[spec.family]['source_label']}) fp32 on {device}",
+        "reference": f"PyTorch ({FAMILIES[spec.family]['source_label']}) fp32 on {', '.join(devices)}",
         "source_layout": FAMILIES[spec.family]["source_label"],
         "inputs": "seeded N(0,1) images", "runtimes": summaries,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "toolkit_version": TOOLKIT_VERSION,
@@ -116,10 +177,95 @@ def _replace_folder(tmp: Path, final: Path, force: bool) -> None:
         tmp.rename(final)
 
 
+def _write_inputs(path: Path, spec: VariantSpec, batch: int, seed: int, photos: bool) -> dict:
+    """inputs.npz for every runtime: the seeded batch and (optionally) the sample photographs."""
+    images = random_images(spec.image_size, batch, seed, spec.config.in_channels)
+    described = {"random": {"batch": batch, "seed": seed, "distribution": "N(0,1)"}}
+    pics, names = None, None
+    if photos and spec.config.in_channels == 3:
+        pre = spec.preprocessing
+        pics, names = sample_photos(spec.image_size, pre.get("mean"), pre.get("std"))
+        described["photos"] = {"source": "scikit-image sample images (skimage.data)", "names": names,
+                               "preprocessing": "centre square crop, bicubic resize, mean/std of the variant"}
+    write_parity_inputs(path, images, pics, names)
+    return described
+
+
+def _describe_inputs(described: dict) -> str:
+    text = f"seeded N(0,1) images (batch {described['random']['batch']}, seed {described['random']['seed']})"
+    if "photos" in described:
+        text += f" + {len(described['photos']['names'])} sample photographs (scikit-image)"
+    return text
+
+
+def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: Path, steps: _Steps,
+                           log: Callable[[str], None], devices: dict) -> tuple[list[RuntimeRun], dict]:
+    """Each artifact loaded from disk in its own process: .keras (compiled and eager),
+    SavedModel, ONNX Runtime on CPU; ONNX Runtime on CUDA when the machine has one."""
+    job = {"spec": spec.to_dict(), "inputs": str(inputs)}
+    runs, meta = [], {}
+
+    def out(name: str) -> str:
+        return str(work / f"{name}.npz")
+
+    r = steps.run("running keras_compiled (model.keras, jit_compile)", lambda: run_worker(
+        "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"), "compiled": True,
+                             "outputs": out("keras_compiled")}, work))
+    log(f"      compiled with {r['mode']}" + (f" (XLA failed: {r['xla_error']})" if r.get("xla_error") else ""))
+    runs.append(RuntimeRun("keras_compiled", "cpu", _load_npz(Path(out("keras_compiled"))), r))
+    meta["output_order"], meta["weight_paths"] = r["output_order"], r["weight_paths"]
+    r = steps.run("running keras_file (model.keras reloaded)", lambda: run_worker(
+        "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"),
+                             "outputs": out("keras_file")}, work))
+    runs.append(RuntimeRun("keras_file", "cpu", _load_npz(Path(out("keras_file"))), r))
+    r = steps.run("running savedmodel (tf.saved_model.load)", lambda: run_worker(
+        "parity.run_savedmodel", {**job, "job": "run", "saved_model": str(folder / "saved_model"),
+                                  "outputs": out("savedmodel")}, work))
+    runs.append(RuntimeRun("savedmodel", "cpu", _load_npz(Path(out("savedmodel"))), r))
+    r = steps.run("running onnxruntime (CPUExecutionProvider)", lambda: run_worker(
+        "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cpu",
+                            "outputs": out("onnxruntime")}, work))
+    runs.append(RuntimeRun("onnxruntime", "cpu", _load_npz(Path(out("onnxruntime"))), r))
+    meta["onnx"] = {k: r.get(k) for k in ("opset", "nodes", "inputs", "checker")}
+    if devices.get("cuda"):
+        try:
+            r = steps.run("running onnxruntime (CUDAExecutionProvider)", lambda: run_worker(
+                "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cuda",
+                                    "outputs": out("onnxruntime_cuda")}, work))
+            runs.append(RuntimeRun("onnxruntime", "cuda", _load_npz(Path(out("onnxruntime_cuda"))), r))
+        except WorkerError as exc:
+            if not exc.user_error:
+                raise
+            log(f"      skipped: {exc.message}")
+            meta.setdefault("skipped", []).append({"runtime": "onnxruntime", "device": "cuda",
+                                                   "reason": exc.message})
+    return runs, meta
+
+
+def _run_references(spec: VariantSpec, weights: Path, inputs: Path, work: Path, steps: _Steps,
+                    label: str) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """PyTorch fp32 reference on the CPU, and on CUDA (TF32 off) when there is one."""
+    job = {"spec": spec.to_dict(), "job": "reference", "source": str(weights), "inputs": str(inputs),
+           "intermediates": True}
+    cpu = steps.run(f"running the PyTorch reference{label}", lambda: run_worker(
+        "parity.run_torch", {**job, "out": str(work / "reference.npz")}, work))
+    references = {"cpu": _load_npz(work / "reference.npz")}
+    devices = {"cpu": True, "cuda": bool(cpu.get("cuda_available"))}
+    if devices["cuda"]:
+        gpu = steps.run("running the PyTorch reference on CUDA (TF32 off)", lambda: run_worker(
+            "parity.run_torch", {**job, "device": "cuda", "out": str(work / "reference_cuda.npz")}, work))
+        references["cuda"] = _load_npz(work / "reference_cuda.npz")
+        devices["cuda_device_name"] = gpu.get("device_name")
+    return references, devices
+
+
 def port(spec: VariantSpec, options: PortOptions) -> dict:
     """Port ``spec`` into ``options.out_root/<variant>``; returns the parity report.
 
-    Raises PortError (nothing written) when the weights or the mapping are refused.
+    Writes model.safetensors, and with ``options.exports`` saved_model/, model.keras and
+    model.onnx, each then loaded from disk by its own runtime process and compared with the
+    PyTorch reference; then parity.json/.md, config.json and manifest.json. Raises PortError
+    (nothing written) when the weights or the mapping are refused.
     """
     log = options.log
     final = options.out_root / spec.name
@@ -130,45 +276,118 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     work = tmp / "_work"
     work.mkdir(parents=True)
-    steps = _Steps(5, log)
+    steps = _Steps(5 + (6 if options.exports else 0), log)
     log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
     try:
         inputs = work / "inputs.npz"
-        write_inputs(inputs, random_images(spec.image_size, options.batch, options.input_seed,
-                                           spec.config.in_channels))
+        described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
         job = {"spec": spec.to_dict()}
         source = work / "source.safetensors"
         src = steps.run("loading source weights (PyTorch)", lambda: run_worker(
             "parity.run_torch", {**job, "job": "source", "weights": options.weights, "seed": options.seed,
-                                 "mapping": options.mapping, "out": str(source)}, work))
+                                 "mapping": options.mapping, "new_head": options.new_head, "out": str(source)},
+            work))
         origin = src["origin"]
         if origin.get("random_weights"):
             log("      NOTE: random weights: this port proves the conversion, not accuracy")
-        conv = steps.run("converting to Keras and running it", lambda: run_worker(
+        exports = {"saved_model_out": str(tmp / "saved_model"), "keras_out": str(tmp / "model.keras")} \
+            if options.exports else {}
+        conv = steps.run("converting to Keras, running it" + (", writing SavedModel and model.keras"
+                                                              if options.exports else ""), lambda: run_worker(
             "parity.run_keras", {**job, "job": "convert", "source": str(source), "inputs": str(inputs),
                                  "outputs": str(work / "keras_eager.npz"), "mapping": options.mapping,
                                  "source_name": origin["description"],
-                                 "safetensors_out": str(tmp / "model.safetensors")}, work))
-        steps.run("running the PyTorch reference", lambda: run_worker(
-            "parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
-                                 "out": str(work / "reference.npz"), "intermediates": True}, work))
+                                 "safetensors_out": str(tmp / "model.safetensors"), **exports}, work))
+        if conv.get("exports", {}).get("saved_model"):
+            sm = conv["exports"]["saved_model"]
+            log(f"      saved_model/ {sm['bytes'] / 1e6:.1f} MB = {sm['size_ratio']:.3f}x the weight bytes")
+        references, devices = _run_references(spec, source, inputs, work, steps, "")
+        steps.total += (2 if options.exports else 1) if devices["cuda"] else 0
         roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
-            "parity.run_torch", {**job, "job": "roundtrip", "source": str(source),
+            "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
                                  "candidate": str(tmp / "model.safetensors")}, work))
+        runs = [RuntimeRun("keras_eager", "cpu", _load_npz(work / "keras_eager.npz"), conv)]
+        meta: dict = {}
+        if options.exports:
+            onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
+                "parity.run_torch", {**job, "job": "onnx", "candidate": str(tmp / "model.safetensors"),
+                                     "out": str(tmp / "model.onnx")}, work))
+            log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
+                + (" (external data)" if onnx["external_data"] else ""))
+            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices)
+            runs += more
+            meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
+                                                          if k not in ("ok", "peak_rss_mb", "seconds")}}
+        extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors",
+                                                          "mismatched")},
+                 "devices": devices, "inputs_detail": described, "mapping": options.mapping,
+                 "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos},
+                 **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
         report = steps.run("comparing outputs", lambda: build_report(
-            spec, origin, {"keras_eager": _load_npz(work / "keras_eager.npz")},
-            _load_npz(work / "reference.npz"), conv["output_order"], conv["weight_paths"], options.mapping,
-            extra={"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors",
-                                                             "mismatched")}}))
+            spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
+            extra=extra))
+        report["inputs"] = _describe_inputs(described)
         if not roundtrip["bit_exact"]:
             report["passed"] = False
         report["steps"] = steps.timings
+        shutil.rmtree(work)
         write_reports(report, tmp)
         (tmp / "config.json").write_text(json.dumps({**spec.to_dict(), "origin": origin}, indent=1))
-        shutil.rmtree(work)
+        write_manifest(tmp, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
         _replace_folder(tmp, final, options.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {final / 'parity.md'}")
+    return report
+
+
+def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str], None] | None = None) -> dict:
+    """Re-run parity on an existing artifact folder without converting anything: the PyTorch
+    reference loads its model.safetensors, every other runtime its artifact on disk. Rewrites
+    parity.json/.md and the manifest (verdict and checksums); returns the report."""
+    log = log or PortOptions().log
+    folder = Path(out_root) / variant
+    if not (folder / "config.json").exists():
+        raise PortError(f"{folder} has no config.json; port it first (make port VARIANT={variant})")
+    problems = [p for p in verify_manifest(folder) if not p.startswith(("parity.json", "parity.md"))]
+    if problems:
+        raise PortError(f"{folder} does not match its manifest:\n  " + "\n  ".join(problems))
+    config = json.loads((folder / "config.json").read_text())
+    origin = config.pop("origin")
+    spec = VariantSpec.from_dict(config)
+    previous = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").exists() else {}
+    settings = {"batch": 2, "input_seed": 0, "photos": True, **previous.get("options", {})}
+    missing = [n for n in ("model.safetensors", "model.keras", "saved_model", "model.onnx")
+               if not (folder / n).exists()]
+    if missing:
+        raise PortError(f"{folder} lacks {', '.join(missing)}; port it again with exports")
+    work = Path(out_root) / f".{variant}.parity-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    steps = _Steps(6, log)
+    log(f"Re-checking {folder} (no conversion: the artifacts on disk against PyTorch on model.safetensors)")
+    try:
+        inputs = work / "inputs.npz"
+        described = _write_inputs(inputs, spec, settings["batch"], settings["input_seed"], settings["photos"])
+        references, devices = _run_references(spec, folder / "model.safetensors", inputs, work, steps,
+                                              " on model.safetensors")
+        steps.total += 2 if devices["cuda"] else 0
+        runs, meta = _run_artifact_runtimes(spec, folder, inputs, work, steps, log, devices)
+        extra = {"devices": devices, "inputs_detail": described, "mapping": previous.get("mapping"),
+                 "options": settings, "recheck": True,
+                 **{k: previous[k] for k in ("roundtrip", "exports") if k in previous},
+                 **{k: v for k, v in meta.items() if k == "skipped"}}
+        report = steps.run("comparing outputs", lambda: build_report(
+            spec, origin, runs, references, meta["output_order"], meta["weight_paths"], previous.get("mapping"),
+            extra=extra))
+        report["inputs"] = _describe_inputs(described)
+        if previous.get("roundtrip") and not previous["roundtrip"].get("bit_exact"):
+            report["passed"] = False
+        report["steps"] = steps.timings
+        write_reports(report, folder)
+        write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {folder / 'parity.md'}")
     return report

@@ -1,0 +1,250 @@
+"""Artifacts of a port: SavedModel, .keras, ONNX, safetensors, manifest; each checked by
+loading it from disk in a fresh process, as a user would.
+
+One pipeline port of a depth-reduced cait_xxs24_224 serves the module. torch never loads in
+the pytest process (PyTorch checks run in subprocesses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity.compare import compare_outputs
+from parity.worker import QUIET_ENV
+from porting.manifest import MANIFEST_NAME, verify_manifest
+from porting.pipeline import PortOptions, port
+from porting.variants import get_variant
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANT = "cait_xxs24_224"
+DEPTH = 2
+
+
+def _spec():
+    return get_variant(VARIANT).with_config(depth=DEPTH)
+
+
+def _python(code: str, cwd: Path, project: bool) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line last. Without ``project``
+    the repository is neither on the path nor the working directory."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(QUIET_ENV)
+    if project:
+        env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    report = port(_spec(), PortOptions(weights="random", out_root=root / "artifacts", log=lambda _msg: None))
+    folder = root / "artifacts" / VARIANT
+    images = np.random.default_rng(7).standard_normal((3, 224, 224, 3)).astype(np.float32)
+    np.save(root / "images.npy", images)
+    return report, folder, root
+
+
+@pytest.fixture(scope="module")
+def keras_outputs(ported):
+    """model.keras reloaded in a fresh process (``import porting.cait`` registers its layers),
+    run on the test images, then fine-tuned for one step."""
+    _, folder, root = ported
+    result = _python(f"""
+        import json, numpy as np, keras
+        import porting.cait  # registers the vit_porting layers
+        model = keras.saving.load_model({str(folder / "model.keras")!r})
+        images = np.load({str(root / "images.npy")!r})
+        out = {{k: keras.ops.convert_to_numpy(v) for k, v in model(images, training=False).items()}}
+        np.savez({str(root / "keras.npz")!r}, **out)
+        # fine-tuning: all weights trainable, one optimiser step on a tiny batch
+        classifier = keras.Model(model.input, model.output["logits"])
+        classifier.trainable = True
+        classifier.compile(optimizer=keras.optimizers.Adam(1e-3),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = [np.array(w) for w in classifier.trainable_weights]
+        history = classifier.fit(images[:2], np.array([1, 2]), batch_size=2, epochs=1, verbose=0)
+        changed = sum(not np.array_equal(b, np.array(w)) for b, w in zip(before, classifier.trainable_weights))
+        print(json.dumps({{"outputs": sorted(out), "loss": float(history.history["loss"][0]),
+                          "trainable": len(classifier.trainable_weights), "changed": int(changed)}}))
+    """, root, project=True)
+    with np.load(root / "keras.npz") as data:
+        return {k: data[k] for k in data.files}, result
+
+
+def test_every_artifact_is_written(ported):
+    report, folder, root = ported
+    assert report["passed"], [r["failing_outputs"] for r in report["runtimes"]]
+    for name in ("model.safetensors", "model.keras", "model.onnx", "saved_model/saved_model.pb",
+                 "saved_model/variables/variables.index", "parity.json", "parity.md", "config.json", MANIFEST_NAME):
+        assert (folder / name).is_file(), name
+    assert list((folder / "saved_model" / "variables").glob("variables.data-*"))
+    assert not (folder / "_work").exists()
+    assert [p.name for p in (root / "artifacts").iterdir()] == [VARIANT]  # no temp folder left
+
+
+def test_manifest_lists_every_file_with_checksums(ported, tmp_path):
+    report, folder, _ = ported
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST_NAME}
+    assert set(manifest["files"]) == on_disk and "saved_model/saved_model.pb" in on_disk
+    assert manifest["variant"] == VARIANT and manifest["family"] == "cait"
+    assert manifest["parity"] == {"passed": True, "report": "parity.json"}
+    assert manifest["origin"] == report["origin"] and manifest["origin"]["random_weights"]
+    assert {"python", "torch", "timm", "tensorflow", "keras", "onnx", "onnxruntime", "numpy",
+            "toolkit"} <= set(manifest["versions"])
+    assert all(manifest["versions"].values()), manifest["versions"]
+    assert manifest["created"].endswith("+00:00")
+    assert verify_manifest(folder) == []
+    # a tampered copy is caught, by name
+    copy = tmp_path / VARIANT
+    shutil.copytree(folder, copy)
+    with open(copy / "model.onnx", "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 1]))
+    (copy / "extra.txt").write_text("x")
+    (copy / "parity.md").unlink()
+    problems = verify_manifest(copy)
+    assert any(p.startswith("model.onnx: sha256") for p in problems), problems
+    assert any(p.startswith("extra.txt: present") for p in problems), problems
+    assert any(p.startswith("parity.md: listed") for p in problems), problems
+
+
+def test_saved_model_loads_without_project_code(ported, keras_outputs):
+    """tf.saved_model.load and keras.layers.TFSMLayer in a process that cannot import the
+    project; the serving signature matches the Keras model's outputs, at any batch."""
+    _, folder, root = ported
+    result = _python(f"""
+        import importlib.abc, json, sys
+
+        class NoProject(importlib.abc.MetaPathFinder):  # the project is pip-installed (editable): block it
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("porting", "parity"):
+                    raise ImportError(f"project code imported: {{name}}")
+
+        sys.meta_path.insert(0, NoProject())
+        import numpy as np, tensorflow as tf, keras
+        images = np.load({str(root / "images.npy")!r})
+        loaded = tf.saved_model.load({str(folder / "saved_model")!r})
+        fn = loaded.signatures["serving_default"]
+        spec = fn.structured_input_signature[1]["images"]
+        out3 = {{k: v.numpy() for k, v in fn(images=tf.constant(images)).items()}}
+        out1 = {{k: v.numpy() for k, v in fn(images=tf.constant(images[:1])).items()}}
+        layer = keras.layers.TFSMLayer({str(folder / "saved_model")!r}, call_endpoint="serving_default")
+        via_layer = {{k: keras.ops.convert_to_numpy(v) for k, v in layer(images).items()}}
+        np.savez({str(root / "savedmodel.npz")!r}, **out3)
+        print(json.dumps({{"input_shape": spec.shape.as_list(), "input_dtype": spec.dtype.name,
+                          "outputs": sorted(out3), "batch1": {{k: list(v.shape) for k, v in out1.items()}},
+                          "layer_equal": all(np.array_equal(via_layer[k], out3[k]) for k in out3),
+                          "layer_outputs": sorted(via_layer),
+                          "project_modules": [m for m in sys.modules if m.split(".")[0] in ("porting", "parity")]}}))
+    """, root, project=False)
+    assert result["project_modules"] == []
+    assert result["input_shape"] == [None, 224, 224, 3] and result["input_dtype"] == "float32"
+    keras_out, _ = keras_outputs
+    expected = sorted(keras_out)
+    assert result["outputs"] == expected == result["layer_outputs"]
+    assert expected == sorted(["logits", "blocks_0_attn", "blocks_1_attn", "blocks_token_only_0_attn",
+                               "blocks_token_only_1_attn"])  # no diagnostic *_out outputs
+    assert result["batch1"]["logits"] == [1, 1000] and result["batch1"]["blocks_0_attn"] == [1, 4, 196, 196]
+    assert result["layer_equal"]
+    with np.load(root / "savedmodel.npz") as data:
+        comparisons = compare_outputs(keras_out, {k: data[k] for k in data.files})
+    assert all(c.passed for c in comparisons), [c for c in comparisons if not c.passed]
+
+
+def test_keras_file_reloads_and_fine_tunes(keras_outputs):
+    _, result = keras_outputs
+    assert "logits" in result["outputs"] and not any(k.endswith("_out") for k in result["outputs"])
+    assert np.isfinite(result["loss"])
+    assert result["trainable"] == result["changed"] > 0  # every weight moved in one step
+
+
+def test_onnx_is_valid_with_dynamic_batch(ported, keras_outputs):
+    import onnx
+    import onnxruntime as ort
+
+    _, folder, root = ported
+    path = str(folder / "model.onnx")
+    onnx.checker.check_model(path)  # path-based: follows external data when there is any
+    model = onnx.load(path, load_external_data=False)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (image_input,) = model.graph.input
+    dims = image_input.type.tensor_type.shape.dim
+    assert image_input.name == "images" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [224, 224, 3]
+    keras_out, _ = keras_outputs
+    assert sorted(o.name for o in model.graph.output) == sorted(keras_out)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    images = np.load(root / "images.npy")
+    names = [o.name for o in session.get_outputs()]
+    for batch in (1, 3):
+        out = dict(zip(names, session.run(None, {"images": images[:batch]}), strict=True))
+        assert out["logits"].shape == (batch, 1000) and out["blocks_1_attn"].shape == (batch, 4, 196, 196)
+    comparisons = compare_outputs(keras_out, out)
+    assert all(c.passed for c in comparisons), [c for c in comparisons if not c.passed]
+
+
+def test_safetensors_loads_into_timm_strictly(ported):
+    _, folder, root = ported
+    result = _python(f"""
+        import json, torch, timm
+        from safetensors.torch import load_file
+        from parity.references import timm_cait_kwargs
+        from porting.variants import get_variant
+        spec = get_variant({VARIANT!r}).with_config(depth={DEPTH})
+        model = timm.create_model({VARIANT!r}, pretrained=False, **timm_cait_kwargs(spec))
+        state = load_file({str(folder / "model.safetensors")!r})
+        missing, unexpected = model.load_state_dict(state, strict=True)
+        print(json.dumps({{"tensors": len(state), "model": len(model.state_dict())}}))
+    """, root, project=True)
+    assert result["tensors"] == result["model"] > 0
+
+
+def _safetensors_tensor_bytes(path: Path) -> int:
+    with open(path, "rb") as handle:
+        header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+    return sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in header.items() if k != "__metadata__")
+
+
+def test_saved_model_stores_each_weight_once(ported):
+    report, folder, _ = ported
+    weights = _safetensors_tensor_bytes(folder / "model.safetensors")
+    size = sum(p.stat().st_size for p in (folder / "saved_model").rglob("*") if p.is_file())
+    ratio = size / weights
+    assert ratio <= 1.05, ratio  # Keras' model.export() writes every variable twice: ~2.1x
+    assert report["exports"]["saved_model"]["size_ratio"] == pytest.approx(ratio, rel=1e-6)
+
+
+def test_interrupted_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An exporter that dies after writing part of the folder: no final folder, no temp folder."""
+    import porting.pipeline as pipeline
+
+    real = pipeline.run_worker
+
+    def dies_after_saved_model(module, job, work_dir, env=None):
+        result = real(module, job, work_dir, env)
+        if job["job"] == "convert":
+            assert Path(job["saved_model_out"], "saved_model.pb").exists()  # it was half-way through
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(pipeline, "run_worker", dies_after_saved_model)
+    out = tmp_path / "artifacts"
+    spec = get_variant(VARIANT).with_config(depth=1, depth_token_only=1)
+    with pytest.raises(KeyboardInterrupt):
+        port(spec, PortOptions(weights="random", out_root=out, photos=False, log=lambda _msg: None))
+    assert out.exists() and list(out.iterdir()) == []
