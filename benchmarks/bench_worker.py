@@ -1,0 +1,128 @@
+"""Timing jobs, one runtime per process (same rule as the parity workers, same plumbing).
+
+``python -m benchmarks.bench_worker JOB.json``. Each inference job loads its artifact from
+disk, warms up, then times ``repeats`` calls per batch size and reports the median.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from parity.worker import worker_main
+
+
+def _time(fn: Callable[[np.ndarray], object], images: np.ndarray, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn(images)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(images)
+        samples.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples_s": samples}
+
+
+def _batches(job: dict, fn: Callable[[np.ndarray], object]) -> dict:
+    rng = np.random.default_rng(0)
+    size = job["image_size"]
+    results = {}
+    for batch in job["batches"]:
+        images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+        results[str(batch)] = _time(fn, images, job.get("warmup", 2), job.get("repeats", 5))
+    return results
+
+
+def job_matmul_peak(job: dict) -> dict:
+    """fp32 GEMM throughput of this machine (torch/MKL, all default threads): the yardstick."""
+    import torch
+
+    n = job.get("n", 2048)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fn = lambda _x: torch.mm(a, b)  # noqa: E731
+    timing = _time(fn, np.zeros(1), 3, job.get("repeats", 10))
+    return {"gflops": 2 * n**3 / timing["min_s"] / 1e9, "n": n, "threads": torch.get_num_threads(),
+            **timing}
+
+
+def job_flops(job: dict) -> dict:
+    """FLOPs (2 x multiply-adds of matmuls and convolutions) of one image through the reference."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from porting.variants import VariantSpec, load_symbol
+
+    spec = VariantSpec.from_dict(job["spec"])
+    with torch.device("meta"):
+        model = load_symbol(spec.family, "torch_reference")(spec).eval()
+        x = torch.zeros(1, 3, spec.image_size, spec.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return {"flops_per_image": int(counter.get_total_flops())}
+
+
+def job_torch(job: dict) -> dict:
+    """PyTorch eager as users run it (fused attention left on), weights from model.safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    from porting.variants import VariantSpec, load_symbol
+
+    spec = VariantSpec.from_dict(job["spec"])
+    model = load_symbol(spec.family, "torch_reference")(spec).eval()
+    model.load_state_dict(load_file(job["safetensors"]), strict=True)
+
+    def run(images: np.ndarray):
+        with torch.inference_mode():
+            return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+
+    return {"batches": _batches(job, run), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def job_keras(job: dict) -> dict:
+    """model.keras compiled: XLA (jit_compile=True) or a tf.function, as the job says."""
+    import keras
+
+    from porting.variants import FAMILIES, VariantSpec
+
+    spec = VariantSpec.from_dict(job["spec"])
+    __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])  # registers the layers
+    model = keras.saving.load_model(job["model"], compile=False)
+    model.compile(jit_compile=job.get("jit_compile", True))
+    return {"batches": _batches(job, model.predict_on_batch), "keras": keras.__version__,
+            "mode": "xla" if job.get("jit_compile", True) else "tf.function"}
+
+
+def job_savedmodel(job: dict) -> dict:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(job["saved_model"]).signatures["serving_default"]
+    return {"batches": _batches(job, lambda images: signature(images=tf.constant(images))),
+            "tensorflow": tf.__version__}
+
+
+def job_onnxruntime(job: dict) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(job["model"], load_external_data=False).graph
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    session = ort.InferenceSession(job["model"], providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return {"batches": _batches(job, lambda images: session.run(None, {name: images})),
+            "onnxruntime": ort.__version__, "nodes": len(graph.node),
+            "node_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    worker_main({"matmul_peak": job_matmul_peak, "flops": job_flops, "torch": job_torch, "keras": job_keras,
+                 "savedmodel": job_savedmodel, "onnxruntime": job_onnxruntime}, (), argv)
+
+
+if __name__ == "__main__":
+    main()
