@@ -72,10 +72,14 @@ class MappingError(ValueError):
     def __str__(self) -> str:
         lines = [f"{self.mapping_path} cannot map {self.source_name}:"]
 
-        def section(title: str, items: list[str]) -> None:
+        def section(title: str, items: list[str], limit: int = 25) -> None:
+            # A checkpoint of the wrong family fails on every key; the first ones and the
+            # counts say so without burying the terminal.
             if items:
                 lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    - {item}" for item in items)
+                lines.extend(f"    - {item}" for item in items[:limit])
+                if len(items) > limit:
+                    lines.append(f"    ... and {len(items) - limit} more")
 
         section("source keys no rule used", [f"{k} {tuple(s)}" for k, s in sorted(self.unused_sources.items())])
         section("Keras variables no rule assigned",

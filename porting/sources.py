@@ -7,7 +7,6 @@ key layout, which every later step (mapping, reference, round trip) reads.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from porting.manifest import sha256_file
 from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -49,14 +49,6 @@ class Origin:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "description": self.description, "seed": self.seed, "file": self.file,
                 "sha256": self.sha256, "notes": self.notes, "random_weights": self.is_random}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -152,11 +144,19 @@ def perturb_(model: torch.nn.Module, seed: int, query_key: str | None = None) ->
 
 
 def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str, torch.Tensor],
-                      classifier: str, num_classes: int, origin: Origin) -> dict[str, torch.Tensor]:
+                      classifier: str, num_classes: int, origin: Origin,
+                      new_head: bool = False) -> dict[str, torch.Tensor]:
     head_keys = [k for k in state if k == classifier or k.startswith(classifier + ".")]
     weight = state.get(f"{classifier}.weight")
     if weight is None or weight.shape[0] == num_classes:
         return state
+    if not new_head:
+        # A checkpoint fine-tuned to another class count must not get a random head silently.
+        raise CheckpointError(
+            f"{origin.description}: {classifier}.weight has shape {tuple(weight.shape)}, i.e. "
+            f"{weight.shape[0]} classes, but the variant has {num_classes}. Pass --num-classes "
+            f"{weight.shape[0]} (NUM_CLASSES=) to port this head, or --num-classes N to replace it with a "
+            f"new N-class head for fine-tuning (0 for a feature extractor).")
     state = {k: v for k, v in state.items() if k not in head_keys}
     if num_classes > 0:
         state.update({k: v for k, v in reference_state.items() if k.startswith(classifier + ".")})
@@ -167,8 +167,25 @@ def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str,
     return state
 
 
+def choose_checkpoint_file(path: Path) -> tuple[Path, str | None]:
+    """safetensors over pickle whenever both are there: a folder's ``*.safetensors``, or the
+    ``.safetensors`` twin of a ``.pth``/``.bin`` file. Returns the file and a note if it switched."""
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors")) or sorted(
+            p for suffix in PICKLE_SUFFIXES for p in path.glob(f"*{suffix}"))
+        if len(candidates) != 1:
+            found = ", ".join(p.name for p in candidates) or "no checkpoint files"
+            raise CheckpointError(f"{path}: a folder must hold exactly one checkpoint to choose from "
+                                  f"(found {found}); pass the file itself")
+        return candidates[0], f"chose {candidates[0].name} in {path}"
+    twin = path.with_suffix(".safetensors")
+    if path.suffix in PICKLE_SUFFIXES and twin.is_file():
+        return twin, f"{twin.name} used instead of {path.name}: safetensors cannot carry code"
+    return path, None
+
+
 def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
-                    build_reference=None) -> tuple[dict[str, torch.Tensor], Origin]:
+                    build_reference=None, new_head: bool = False) -> tuple[dict[str, torch.Tensor], Origin]:
     """Weights for ``spec`` in canonical layout, and where they came from.
 
     ``weights`` is ``"pretrained"``, ``"random"`` or a file path. ``build_reference`` builds
@@ -186,12 +203,15 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
     if weights == "pretrained":
         state, origin = _load_pretrained(spec)
     else:
-        path = Path(weights).expanduser()
+        path, note = choose_checkpoint_file(Path(weights).expanduser())
         state = load_checkpoint(path)
         origin = Origin("file", str(path), file=str(path.resolve()), sha256=sha256_file(path))
+        if note:
+            origin.notes.append(note)
     state = to_canonical_layout(spec, state, origin)
     if reference is not None:
-        state = _reset_classifier(state, reference.state_dict(), classifier, spec.config.num_classes, origin)
+        state = _reset_classifier(state, reference.state_dict(), classifier, spec.config.num_classes, origin,
+                                  new_head)
     return state, origin
 
 
