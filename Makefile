@@ -7,7 +7,7 @@ VARIANT ?= cait_xxs24_224
 WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
-.PHONY: venv port parity verify test test-all lint clean
+.PHONY: venv port parity verify test test-all lint clean publish
 
 venv: $(STAMP)
 
@@ -30,6 +30,13 @@ parity: $(STAMP)
 
 verify: $(STAMP)
 	$(PY) -m porting.cli verify $(VARIANT)
+
+# Dry run by default: stages the files it would upload and lists them. PUSH=1 uploads (after
+# re-verifying the manifest; refuses failed parity, changed files, random weights unless ALLOW_RANDOM=1).
+publish: $(STAMP)
+	$(if $(TARGET),,$(error TARGET=hf://owner/name or TARGET=kaggle://owner/model/framework/variation is required))
+	$(PY) -m porting.cli publish $(VARIANT) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
+		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Command line: ``vit-port port|parity|verify|list`` (also ``python -m porting.cli``).
+"""Command line: ``vit-port port|parity|verify|publish|list`` (also ``python -m porting.cli``).
 
 The CLI process resolves names and orchestrates; frameworks load only in worker processes.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from parity.worker import WorkerError
 from porting.mapping import MappingFileError
 from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port, recheck
+from porting.publish import PublishError
 from porting.variants import UnknownVariantError, all_variants, get_variant
 
 
@@ -57,6 +58,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"verify FAILED: {len(problems)} problem(s); do not publish this folder", file=sys.stderr)
         return 1
     print(f"{folder}: every file matches manifest.json")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Stage an artifact folder for hf://owner/name or kaggle://owner/model/framework/variation
+    (dry run), or with --push check it and upload it (porting/publish.py)."""
+    from porting.publish import publish
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        folder = Path(args.out) / args.folder
+    if not folder.is_dir():
+        get_variant(args.folder)  # a misspelt variant name gets the usual suggestions
+        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={args.folder}` first")
+    publish(folder, args.target, push=args.push, allow_random=args.allow_random, stage_dir=args.stage_dir,
+            private=args.private)
     return 0
 
 
@@ -113,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("publish", help="stage (dry run) or upload (--push) an artifact folder with its model card")
+    p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
+    p.add_argument("--target", required=True,
+                   help="hf://owner/name or kaggle://owner/model/framework/variation")
+    p.add_argument("--push", action="store_true", help="upload (default: stage and list the files only)")
+    p.add_argument("--allow-random", action="store_true", help="let --push upload a random-weights port")
+    p.add_argument("--private", action="store_true", help="create the Hugging Face repo private")
+    p.add_argument("--stage-dir", default=None, help="staging folder (default <out>/.staging/<target>)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_publish)
+
     p = sub.add_parser("list", help="list known variants")
     p.set_defaults(func=cmd_list)
     return parser
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownVariantError, PortError, MappingFileError) as exc:
+    except (UnknownVariantError, PortError, MappingFileError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except WorkerError as exc:

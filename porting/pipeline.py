@@ -24,6 +24,7 @@ from parity.images import sample_photos, split_photo_outputs, write_parity_input
 from parity.inputs import random_images
 from parity.report import runtime_summary, write_reports
 from parity.worker import WorkerError, run_worker
+from porting.card import write_card
 from porting.manifest import verify_manifest, write_manifest
 from porting.mapping import load_mapping
 from porting.variants import FAMILIES, VariantSpec
@@ -333,6 +334,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         shutil.rmtree(work)
         write_reports(report, tmp)
         (tmp / "config.json").write_text(json.dumps({**spec.to_dict(), "origin": origin}, indent=1))
+        write_card(tmp, toolkit=TOOLKIT_VERSION)  # README.md, before the manifest that lists it
         write_manifest(tmp, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
         _replace_folder(tmp, final, options.force)
     except BaseException:
@@ -386,6 +388,7 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
             report["passed"] = False
         report["steps"] = steps.timings
         write_reports(report, folder)
+        write_card(folder, toolkit=TOOLKIT_VERSION)
         write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
     finally:
         shutil.rmtree(work, ignore_errors=True)
