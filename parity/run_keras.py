@@ -69,6 +69,33 @@ def job_convert(job: dict) -> dict:
             "weight_paths": [w.path for w in model.weights], "exports": exports}
 
 
+def backend_device() -> dict:
+    """Where this process's Keras backend computes ("cpu" or "cuda"), and the library version."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        info = {"torch": torch.__version__, "torch_tf32": torch.backends.cuda.matmul.allow_tf32}
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False  # the CUDA reference runs with TF32 off too
+            torch.backends.cudnn.allow_tf32 = False
+            info.update(device_name=torch.cuda.get_device_name(0), torch_tf32=False)
+        return {"device": device, **info}
+    if backend == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+        return {"device": "cuda" if platform == "gpu" else "cpu", "jax": jax.__version__,
+                "device_name": str(jax.devices()[0])}
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return {"device": "cuda" if gpus else "cpu", "tensorflow": tf.__version__}
+
+
 def job_run_file(job: dict) -> dict:
     """Reload ``model.keras`` from disk and run it: eagerly (``keras_file``) or compiled
     (``keras_compiled``: XLA via ``jit_compile=True``, else a tf.function; which one is recorded)."""
@@ -83,7 +110,7 @@ def job_run_file(job: dict) -> dict:
 
     model = keras.saving.load_model(job["model"], compile=False)
     head = next(k for k in model.output if k in ("logits", "features"))
-    info: dict = {"keras": keras.__version__, "backend": keras.backend.backend(),
+    info: dict = {"keras": keras.__version__, "backend": keras.backend.backend(), **backend_device(),
                   "output_order": list(model.output.keys()), "weight_paths": [w.path for w in model.weights]}
     if not job.get("compiled"):
         outputs = run_on_inputs(lambda images: run_keras(model, images), job["inputs"], head)

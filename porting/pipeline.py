@@ -49,6 +49,7 @@ class PortOptions:
     exports: bool = True  # SavedModel, .keras, ONNX and their runtimes; False: safetensors + Keras eager only
     photos: bool = True  # also compare on scikit-image's sample photographs (top-1/top-5 agreement)
     new_head: bool = False  # the class count was asked for: replace a checkpoint head of another size
+    backends: tuple[str, ...] = ("tensorflow",)  # Keras backends to run model.keras on (each its own process)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -97,13 +98,35 @@ class RuntimeRun:
 
 
 # what each runtime loads (shown in the report)
+KERAS_BACKENDS = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}  # backend -> module it needs
 RUNTIME_SOURCES = {
     "keras_eager": "Keras model converted in this port, called eagerly",
     "keras_compiled": "model.keras reloaded, compiled (XLA where it works)",
     "keras_file": "model.keras reloaded, called eagerly",
     "savedmodel": "saved_model/ via tf.saved_model.load, signature serving_default",
     "onnxruntime": "model.onnx in ONNX Runtime",
+    "keras_torch": "model.keras reloaded on Keras' torch backend",
+    "keras_jax": "model.keras reloaded on Keras' JAX backend",
 }
+
+
+def parse_backends(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = tuple(b.strip() for b in (text.split(",") if isinstance(text, str) else text) if b.strip())
+    unknown = [b for b in names if b not in KERAS_BACKENDS]
+    if unknown:
+        raise PortError(f"unknown Keras backend(s) {', '.join(unknown)}; known: {', '.join(KERAS_BACKENDS)}")
+    return names or ("tensorflow",)
+
+
+def backend_missing(backend: str) -> str | None:
+    """Why a Keras backend cannot run here (its package is not installed), or None."""
+    import importlib.util
+
+    module = KERAS_BACKENDS[backend]
+    if importlib.util.find_spec(module) is None:
+        extra = " (pip install '.[jax]')" if backend == "jax" else ""
+        return f"the {backend} backend needs the {module} package, which is not installed{extra}"
+    return None
 # worker result keys worth keeping in the report
 _INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs")
 
@@ -136,7 +159,8 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
     references = reference if all(isinstance(v, dict) for v in reference.values()) else {device: reference}
     summaries = []
     for run in runtimes:
-        ref_main, ref_photos = split_photo_outputs(references[run.device])
+        # a backend that found a GPU the PyTorch reference did not see is held to the CPU reference
+        ref_main, ref_photos = split_photo_outputs(references.get(run.device, references["cpu"]))
         main, photos = split_photo_outputs(run.outputs)
         ref_main = {k: v for k, v in ref_main.items() if k in main or not k.endswith("_out")}
         comparisons = compare_outputs(ref_main, main, run.device, policy)
@@ -200,9 +224,12 @@ def _describe_inputs(described: dict) -> str:
 
 
 def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: Path, steps: _Steps,
-                           log: Callable[[str], None], devices: dict) -> tuple[list[RuntimeRun], dict]:
+                           log: Callable[[str], None], devices: dict,
+                           backends: tuple[str, ...] = ("tensorflow",)) -> tuple[list[RuntimeRun], dict]:
     """Each artifact loaded from disk in its own process: .keras (compiled and eager),
-    SavedModel, ONNX Runtime on CPU; ONNX Runtime on CUDA when the machine has one."""
+    SavedModel, ONNX Runtime on CPU; ONNX Runtime on CUDA when the machine has one; and
+    model.keras on each other Keras backend asked for (the backend is fixed at import, so
+    each gets its own process; one whose package is missing is skipped, and the report says why)."""
     job = {"spec": spec.to_dict(), "inputs": str(inputs)}
     runs, meta = [], {}
 
@@ -219,6 +246,19 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
         "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"),
                              "outputs": out("keras_file")}, work))
     runs.append(RuntimeRun("keras_file", "cpu", _load_npz(Path(out("keras_file"))), r))
+    for backend in backends:
+        if backend == "tensorflow":
+            continue  # keras_compiled and keras_file above
+        name = f"keras_{backend}"
+        reason = backend_missing(backend)
+        if reason:
+            log(f"      skipped {name}: {reason}")
+            meta.setdefault("skipped", []).append({"runtime": name, "device": "any", "reason": reason})
+            continue
+        r = steps.run(f"running {name} (model.keras on Keras' {backend} backend)", lambda b=backend, n=name: run_worker(
+            "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"),
+                                 "outputs": out(n)}, work, env={"KERAS_BACKEND": b}))
+        runs.append(RuntimeRun(name, r.get("device", "cpu"), _load_npz(Path(out(name))), r))
     r = steps.run("running savedmodel (tf.saved_model.load)", lambda: run_worker(
         "parity.run_savedmodel", {**job, "job": "run", "saved_model": str(folder / "saved_model"),
                                   "outputs": out("savedmodel")}, work))
@@ -277,7 +317,8 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     work = tmp / "_work"
     work.mkdir(parents=True)
-    steps = _Steps(5 + (6 if options.exports else 0), log)
+    extra_backends = len([b for b in options.backends if b != "tensorflow"])
+    steps = _Steps(5 + (6 + extra_backends if options.exports else 0), log)
     log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
     try:
         inputs = work / "inputs.npz"
@@ -315,7 +356,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
                                      "out": str(tmp / "model.onnx")}, work))
             log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
                 + (" (external data)" if onnx["external_data"] else ""))
-            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices)
+            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends)
             runs += more
             meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
                                                           if k not in ("ok", "peak_rss_mb", "seconds")}}
@@ -344,7 +385,8 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
     return report
 
 
-def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str], None] | None = None) -> dict:
+def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str], None] | None = None,
+            backends: tuple[str, ...] = ("tensorflow",)) -> dict:
     """Re-run parity on an existing artifact folder without converting anything: the PyTorch
     reference loads its model.safetensors, every other runtime its artifact on disk. Rewrites
     parity.json/.md and the manifest (verdict and checksums); returns the report."""
@@ -367,7 +409,7 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
     work = Path(out_root) / f".{variant}.parity-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    steps = _Steps(6, log)
+    steps = _Steps(6 + len([b for b in backends if b != "tensorflow"]), log)
     log(f"Re-checking {folder} (no conversion: the artifacts on disk against PyTorch on model.safetensors)")
     try:
         inputs = work / "inputs.npz"
@@ -375,7 +417,7 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
         references, devices = _run_references(spec, folder / "model.safetensors", inputs, work, steps,
                                               " on model.safetensors")
         steps.total += 2 if devices["cuda"] else 0
-        runs, meta = _run_artifact_runtimes(spec, folder, inputs, work, steps, log, devices)
+        runs, meta = _run_artifact_runtimes(spec, folder, inputs, work, steps, log, devices, backends)
         extra = {"devices": devices, "inputs_detail": described, "mapping": previous.get("mapping"),
                  "options": settings, "recheck": True,
                  **{k: previous[k] for k in ("roundtrip", "exports") if k in previous},
