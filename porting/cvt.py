@@ -283,10 +283,9 @@ class PrependClassToken(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TokensToGrid(layers.Layer):
-    """Splits off the class token (if any) and folds the rest back into an NHWC grid.
+    """Splits off the class token (if any) and folds the other tokens back into an NHWC grid.
 
-    Returns ``(class_token or None-free grid)``: with a class token, ``(cls (B, 1, C), grid)``;
-    without, the grid alone.
+    Returns ``(cls (B, 1, C), grid)`` with a class token, the grid alone without one.
     """
 
     def __init__(self, grid_size: tuple[int, int], with_cls_token: bool = False, **kwargs):

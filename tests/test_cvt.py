@@ -179,6 +179,30 @@ def test_microsoft_rename_file_names():
 # -- Keras model (Keras only in this process) ---------------------------------------------------
 
 
+def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
+    """Full-size transformers state_dicts (meta device, no memory) against full-size Keras shapes:
+    every key is mapped or dropped with a reason, every Keras variable is assigned."""
+    import keras
+
+    from parity.worker import run_worker
+    from porting.cvt import build_cvt
+
+    mapping = load_mapping(FAMILIES["cvt"]["mapping"])
+    # weight shapes depend on the architecture only (no position embedding): one variant of each
+    specs = [get_variant(name) for name in ("cvt-13-224", "cvt-21-384-22k", "cvt-w24-384-22k")]
+    all_shapes = run_worker("parity.run_torch", {"job": "state_shapes", "specs": [s.to_dict() for s in specs]},
+                            tmp_path)["shapes"]
+    for spec in specs:
+        shapes = all_shapes[spec.name]
+        model = build_cvt(spec.config, initializer="zeros")
+        plan = mapping.plan(shapes, {w.path: tuple(w.shape) for w in model.weights})
+        dropped = mapping.dropped(shapes)
+        assert len(plan) == len(model.weights) == len(shapes) - len(dropped), spec.name
+        assert len(dropped) == 3 * spec.config.depth and all(k.endswith("num_batches_tracked") for k in dropped)
+        del model
+        keras.backend.clear_session()
+
+
 def test_keras_layers_serialise_and_activations_differ():
     import keras
 
@@ -217,9 +241,10 @@ def _check_port(report: dict, spec, batch: int) -> dict[str, dict]:
     for name in ("logits" if c.num_classes else "features", *attention):
         assert outputs[name]["max_normalized_diff"] <= TOLERANCE
     side = [c.image_size // 4, c.image_size // 8, c.image_size // 16]
-    assert outputs["stage0_blocks_0_attn"]["shape"] == [batch, c.num_heads[0], side[0] ** 2, (side[0] // 2) ** 2]
+    kv = [(n + 2 * 1 - 3) // 2 + 1 for n in side]  # k/v: 3x3 depthwise, stride 2, padding 1
+    assert outputs["stage0_blocks_0_attn"]["shape"] == [batch, c.num_heads[0], side[0] ** 2, kv[0] ** 2]
     last = f"stage2_blocks_{c.depths[2] - 1}"
-    assert outputs[f"{last}_attn"]["shape"] == [batch, c.num_heads[2], side[2] ** 2 + 1, (side[2] // 2) ** 2 + 1]
+    assert outputs[f"{last}_attn"]["shape"] == [batch, c.num_heads[2], side[2] ** 2 + 1, kv[2] ** 2 + 1]
     assert outputs[f"{last}_out"]["shape"] == [batch, side[2] ** 2 + 1, c.embed_dims[2]]
     return outputs
 
@@ -229,7 +254,7 @@ def test_full_cvt13_port_matches_transformers(name, exports, tmp_path):
     """Full-depth CvT-13; at 224 px with every export (SavedModel, .keras, ONNX) and its runtime."""
     spec = get_variant(name)
     batch = 2 if spec.image_size == 224 else 1
-    report = _port(spec, tmp_path, batch=batch, exports=exports, photos=exports)
+    report = _port(spec, tmp_path, batch=batch, exports=exports)
     outputs = _check_port(report, spec, batch)
     folder = tmp_path / name
     assert (folder / "model.safetensors").is_file() and (folder / "parity.md").is_file()
@@ -245,21 +270,18 @@ def test_full_cvt13_port_matches_transformers(name, exports, tmp_path):
     assert outputs["stage2_blocks_0_attn"]["reference_scale"] > 0.5
 
 
-@pytest.mark.parametrize("name, overrides, batch", [
-    ("cvt-21-224", {"depths": (1, 4, 3)}, 2),
-    ("cvt-w24-384-22k", {"depths": (2, 2, 3), "image_size": 224, "num_classes": 0}, 1),
+@pytest.mark.parametrize("name, overrides", [
+    # exact GELU on both sides: transformers' CvT unpatched
+    ("cvt-21-224", {"depths": (1, 4, 3), "activation": "gelu"}),
+    # feature extractor (no classifier), wide stages
+    ("cvt-w24-384-22k", {"depths": (2, 2, 3), "image_size": 224, "num_classes": 0}),
 ])
-def test_reduced_depth_ports(name, overrides, batch, tmp_path):
+def test_reduced_depth_ports(name, overrides, tmp_path):
     spec = _small(name, **overrides)
-    report = _port(spec, tmp_path, batch=batch)
-    outputs = _check_port(report, spec, batch)
+    report = _port(spec, tmp_path, batch=1)
+    outputs = _check_port(report, spec, 1)
     if spec.config.num_classes == 0:
-        assert outputs["features"]["shape"] == [batch, spec.config.embed_dims[-1]]
-
-
-def test_gelu_port_matches_unpatched_transformers(tmp_path):
-    spec = _small("cvt-13-224", depths=(1, 2, 3), activation="gelu")
-    _check_port(_port(spec, tmp_path), spec, 2)
+        assert outputs["features"]["shape"] == [1, spec.config.embed_dims[-1]]
 
 
 def test_quick_gelu_reference_differs_from_gelu(tmp_path):
@@ -270,13 +292,13 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
         from parity.references import build_hf_cvt, run_hf_cvt_reference
         from porting.sources import perturb_
         from porting.variants import FAMILIES, get_variant
-        spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3))
+        spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
         quick = build_hf_cvt(spec)
         perturb_(quick, 0, FAMILIES["cvt"]["perturb_query_key"])
         gelu = build_hf_cvt(spec.with_config(activation="gelu"))
         gelu.load_state_dict(quick.state_dict(), strict=True)
         acts = sorted({type(m).__name__ for n, m in quick.named_modules() if n.endswith("intermediate.activation")})
-        images = random_images(224, 2)
+        images = random_images(64, 2)
         a = run_hf_cvt_reference(quick, images)["logits"]
         b = run_hf_cvt_reference(gelu, images)["logits"]
         print(json.dumps({"acts": acts, "diff": float(abs(a - b).max() / abs(a).max())}))
@@ -288,7 +310,7 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
 def test_microsoft_layout_checkpoint_ports(tmp_path):
     """A checkpoint in Microsoft's original naming (.pth) is detected, renamed, ported, and its
     exported model.safetensors equals the Hugging Face-layout weights it was written from."""
-    spec = _small("cvt-13-224", depths=(1, 2, 3))
+    spec = _small("cvt-13-224", depths=(1, 2, 3), image_size=112)
     result = _python(f"""
         import json, re, torch
         from safetensors.torch import save_file
@@ -313,7 +335,7 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
     assert "stage2.cls_token" in result and "head.weight" in result and "norm.weight" in result
     assert not any(k.startswith(("cvt.", "classifier", "layernorm")) for k in result)
 
-    report = _port(spec, tmp_path / "artifacts", weights=str(tmp_path / "cvt13_original.pth"))
+    report = _port(spec, tmp_path / "artifacts", weights=str(tmp_path / "cvt13_original.pth"), batch=1)
     assert report["passed"] and report["roundtrip"]["bit_exact"] and not report["random_weights"]
     assert any("microsoft key layout" in note for note in report["origin"]["notes"])
     from safetensors.numpy import load_file
