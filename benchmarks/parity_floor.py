@@ -54,7 +54,7 @@ def measure(name: str, depth: int | None, work: Path) -> dict:
     for dtype in ("float32", "float64"):
         outs[dtype] = work / f"ref-{dtype}.npz"
         run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
-                                        "out": str(outs[dtype]), "dtype": dtype}, work)
+                                        "out": str(outs[dtype]), "dtype": dtype, "intermediates": True}, work)
     for eps in (1e-6, 1e-5):
         outs[eps] = work / f"keras-{eps}.npz"
         bad = spec.with_config(layer_norm_eps=eps)

@@ -18,9 +18,9 @@ def output_kind(name: str) -> str:
     """Which policy row an output falls under."""
     if name.endswith("_attn"):
         return "attention"
-    if name.endswith("_out"):
-        return "hidden"
-    return name  # "logits", "features"
+    if name in ("logits", "features"):
+        return name
+    return "hidden"  # block outputs (*_out) and other intermediate tensors such as a class token
 
 
 def load_policy(path: Path | str = POLICY_PATH) -> dict:

@@ -24,7 +24,7 @@ from porting.pipeline import PortOptions, port
 from porting.variants import CVT_VARIANTS, FAMILIES, CvTConfig, get_variant
 
 ROOT = Path(__file__).resolve().parent.parent
-TOLERANCE = 1e-5  # parity/tolerances.yaml, cpu rows (the same for every output kind)
+TOLERANCE = 1e-5  # parity/tolerances.yaml, cpu logits row: the tightest bound in the policy
 
 
 def _port(spec, out_root: Path, **options) -> dict:
@@ -239,7 +239,7 @@ def _check_port(report: dict, spec, batch: int) -> dict[str, dict]:
     attention = [name for name in outputs if name.endswith("_attn")]
     assert len(attention) == c.depth
     for name in ("logits" if c.num_classes else "features", *attention):
-        assert outputs[name]["max_normalized_diff"] <= TOLERANCE
+        assert outputs[name]["max_normalized_diff"] <= outputs[name]["tolerance"], name
     side = [c.image_size // 4, c.image_size // 8, c.image_size // 16]
     kv = [(n + 2 * 1 - 3) // 2 + 1 for n in side]  # k/v: 3x3 depthwise, stride 2, padding 1
     assert outputs["stage0_blocks_0_attn"]["shape"] == [batch, c.num_heads[0], side[0] ** 2, kv[0] ** 2]

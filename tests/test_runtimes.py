@@ -8,6 +8,7 @@ port checks conversion only (no exports), which is where a mapping bug shows.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -93,13 +94,23 @@ def test_parity_subcommand_rechecks_without_converting(ported):
     folder = out / VARIANT
     before = json.loads((folder / "parity.json").read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "porting.cli", "parity", VARIANT, "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "porting.cli", "parity", VARIANT, "--out", str(out),
+                           "--backends", "tensorflow,torch,jax"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "converting" not in proc.stderr and "on model.safetensors" in proc.stderr
     after = json.loads((folder / "parity.json").read_text())
     assert after["recheck"] and after["passed"]
-    assert {r["runtime"] for r in after["runtimes"] if r["device"] == "cpu"} == RUNTIMES - {"keras_eager"}
+    # every Keras backend asked for ran model.keras in its own process, or was skipped with the reason
+    jax_missing = importlib.util.find_spec("jax") is None
+    backends = {"keras_torch"} | (set() if jax_missing else {"keras_jax"})
+    assert {r["runtime"] for r in after["runtimes"] if r["device"] == "cpu"} == RUNTIMES - {"keras_eager"} | backends
+    by_name = {r["runtime"]: r for r in after["runtimes"]}
+    assert by_name["keras_torch"]["passed"] and by_name["keras_torch"]["backend"] == "torch"
+    if jax_missing:
+        assert [s["runtime"] for s in after["skipped"]] == ["keras_jax"] and "jax" in after["skipped"][0]["reason"]
+    else:
+        assert by_name["keras_jax"]["passed"] and by_name["keras_jax"]["backend"] == "jax"
     assert after["roundtrip"] == before["roundtrip"] and after["origin"] == before["origin"]
     assert verify_manifest(folder) == []
     assert json.loads((folder / "manifest.json").read_text())["parity"]["passed"] is True
