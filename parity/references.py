@@ -1,10 +1,12 @@
 """PyTorch reference models, with their attention maps exposed.
 
-timm's CaiT does not return attention maps. Rather than copy its forward code (and test a
-copy), the reference runs timm's own modules and reads each map off the ``attn_drop``
-module, the one place every attention layer passes its final map through (identity in
-eval mode). ClassAttn takes the fused SDPA path unless told otherwise, and SDPA never
-materialises the map, so fused attention is switched off on the reference.
+Neither timm's CaiT nor transformers' CvT returns attention maps. Rather than copy their
+forward code (and test a copy), the reference runs their own modules and reads each map off
+a module every attention layer passes its final map through (a dropout, identity in eval
+mode), with forward hooks. Each family names those modules ("taps", FAMILIES[...]["torch_taps"])
+and how its model is called ("torch_call"); the parity reference and the ONNX exporter both
+use them. ClassAttn takes the fused SDPA path unless told otherwise, and SDPA never
+materialises the map, so fused attention is switched off.
 """
 
 from __future__ import annotations
@@ -35,62 +37,32 @@ def build_timm_cait(spec: VariantSpec) -> torch.nn.Module:
     return model.eval()
 
 
-class AttentionRecorder:
-    """Collects attention maps from every ``*.attn.attn_drop`` module while active, and with
-    ``intermediates`` each block's output (modules named ``<list>.<index>``).
-
-    Output names follow the Keras model's: ``blocks.3.attn`` -> ``blocks_3_attn``,
-    ``blocks.3`` -> ``blocks_3_out``.
-    """
-
-    def __init__(self, model: torch.nn.Module, intermediates: bool = False):
-        self.maps: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for name, module in model.named_modules():
-            if name.endswith(".attn") and hasattr(module, "attn_drop"):
-                if hasattr(module, "fused_attn"):
-                    module.fused_attn = False
-                key = name.replace(".", "_")
-                self._handles.append(module.attn_drop.register_forward_hook(self._hook(key)))
-            elif intermediates and name.rsplit(".", 1)[-1].isdigit() and "." in name:
-                self._handles.append(module.register_forward_hook(self._hook(name.replace(".", "_") + "_out")))
-
-    def _hook(self, key: str):
-        def record(_module, _inputs, output):
-            self.maps[key] = output.detach()
-        return record
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+def timm_cait_taps(model: torch.nn.Module, intermediates: bool = False) -> dict[str, torch.nn.Module]:
+    """Where each output is read: ``*.attn.attn_drop`` for every attention map (fused SDPA switched
+    off, since it never materialises the map) and, with ``intermediates``, each block (modules
+    named ``<list>.<index>``). Names follow the Keras model's: ``blocks.3.attn`` -> ``blocks_3_attn``,
+    ``blocks.3`` -> ``blocks_3_out``."""
+    taps = {}
+    for name, module in model.named_modules():
+        if name.endswith(".attn") and hasattr(module, "attn_drop"):
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+            taps[name.replace(".", "_")] = module.attn_drop
+        elif intermediates and name.rsplit(".", 1)[-1].isdigit() and "." in name:
+            taps[name.replace(".", "_") + "_out"] = module
+    return taps
 
 
-def run_reference(model: torch.nn.Module, images_nhwc: np.ndarray, output_name: str = "logits",
-                  dtype: torch.dtype = torch.float32, device: str = "cpu",
-                  intermediates: bool = False) -> dict[str, np.ndarray]:
-    """Outputs of the reference on NHWC images: the head output and every attention map."""
-    recorder = AttentionRecorder(model, intermediates)
-    model = model.to(device=device, dtype=dtype)
-    try:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).to(device, dtype)
-            out = model(x)
-        result = {output_name: out.float().cpu().numpy()}
-        result.update({k: v.float().cpu().numpy() for k, v in recorder.maps.items()})
-        return result
-    finally:
-        recorder.remove()
+def call_timm(model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.Tensor:
+    return model(images_nchw)
 
 
-# -- CvT: Hugging Face transformers' CvtForImageClassification ------------------------------
+def call_hf_image_classifier(model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=images_nchw).logits  # the classifier is Identity when num_classes == 0
 
 
 class ModuleTaps:
-    """Records the output of given modules while active: ``{output name: module}``.
-
-    The general form of AttentionRecorder, for references whose module names do not follow
-    timm's (``attn.attn_drop``) convention.
-    """
+    """Records the output of the given modules (``{output name: module}``) while active."""
 
     def __init__(self, taps: dict[str, torch.nn.Module]):
         self.maps: dict[str, torch.Tensor] = {}
@@ -104,6 +76,26 @@ class ModuleTaps:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def run_reference(model: torch.nn.Module, images_nhwc: np.ndarray, taps: dict[str, torch.nn.Module],
+                  call=call_timm, output_name: str = "logits", dtype: torch.dtype = torch.float32,
+                  device: str = "cpu") -> dict[str, np.ndarray]:
+    """The head output of ``call(model, images)`` on NHWC images and the output of every tap."""
+    recorder = ModuleTaps(taps)
+    model = model.to(device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).to(device, dtype)
+            out = call(model, x)
+        result = {output_name: out.float().cpu().numpy()}
+        result.update({k: v.float().cpu().numpy() for k, v in recorder.maps.items()})
+        return result
+    finally:
+        recorder.remove()
+
+
+# -- CvT: Hugging Face transformers' CvtForImageClassification ------------------------------
 
 
 def hf_cvt_config(spec: VariantSpec):
@@ -180,21 +172,3 @@ def hf_cvt_taps(model: torch.nn.Module, intermediates: bool = False) -> dict[str
             if intermediates:
                 taps[f"{block}_out"] = module
     return taps
-
-
-def run_hf_cvt_reference(model: torch.nn.Module, images_nhwc: np.ndarray, output_name: str = "logits",
-                         dtype: torch.dtype = torch.float32, device: str = "cpu",
-                         intermediates: bool = False) -> dict[str, np.ndarray]:
-    """Outputs of transformers' CvT on NHWC images: logits (or features), attention maps, and
-    with ``intermediates`` every block's output."""
-    recorder = ModuleTaps(hf_cvt_taps(model, intermediates))
-    model = model.to(device=device, dtype=dtype)
-    try:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).to(device, dtype)
-            out = model(pixel_values=x).logits  # the classifier is Identity when num_classes == 0
-        result = {output_name: out.float().cpu().numpy()}
-        result.update({k: v.float().cpu().numpy() for k, v in recorder.maps.items()})
-        return result
-    finally:
-        recorder.remove()

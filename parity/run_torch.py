@@ -63,13 +63,15 @@ def job_reference(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
     dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
     model = _reference_model(spec, job["source"])
-    run_reference = load_symbol(spec.family, "torch_runner")  # reads the family's attention maps
+    from parity.references import run_reference
 
+    # the modules whose outputs are the attention maps (and block outputs), and how to call the model
+    taps = load_symbol(spec.family, "torch_taps")(model, job.get("intermediates", False))
+    call = load_symbol(spec.family, "torch_call")
     output_name = "logits" if spec.config.num_classes > 0 else "features"
-    intermediates = job.get("intermediates", False)
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return run_reference(model, images, output_name, dtype=dtype, device=device, intermediates=intermediates)
+        return run_reference(model, images, taps, call, output_name, dtype=dtype, device=device)
 
     # the seeded batch (every output) and the sample photographs (head output), if present
     outputs = run_on_inputs(run, job["inputs"], output_name)

@@ -30,19 +30,9 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 def family_taps(family: str, model: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], Callable]:
     """Where each attention map is read ({output name: module whose output is the map}, the
     modules the parity reference hooks too) and how the model is called on NCHW images."""
-    if family == "cait":
-        taps = {}
-        for name, module in model.named_modules():
-            if name.endswith(".attn") and hasattr(module, "attn_drop"):
-                if hasattr(module, "fused_attn"):
-                    module.fused_attn = False  # SDPA never materialises the map
-                taps[name.replace(".", "_")] = module.attn_drop
-        return taps, lambda m, x: m(x)
-    if family == "cvt":
-        from parity.references import hf_cvt_taps
+    from porting.variants import load_symbol
 
-        return hf_cvt_taps(model), lambda m, x: m(pixel_values=x).logits
-    raise NotImplementedError(f"no ONNX attention outputs for the {family!r} family yet (porting/export_onnx.py)")
+    return load_symbol(family, "torch_taps")(model), load_symbol(family, "torch_call")
 
 
 class WithAttentionOutputs(torch.nn.Module):

@@ -212,14 +212,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "torch_reference": "parity.references:build_timm_cait",
         "mapping": "cait.yaml",
         "source_label": "timm",
-        "torch_runner": "parity.references:run_reference",
+        "torch_taps": "parity.references:timm_cait_taps",
+        "torch_call": "parity.references:call_timm",
     },
     "cvt": {
         "config_class": CvTConfig,
         "variants": {v.name: v for v in CVT_VARIANTS},
         "keras_builder": "porting.cvt:build_cvt",
         "torch_reference": "parity.references:build_hf_cvt",
-        "torch_runner": "parity.references:run_hf_cvt_reference",
+        "torch_taps": "parity.references:hf_cvt_taps",
+        "torch_call": "parity.references:call_hf_image_classifier",
         "mapping": "cvt.yaml",
         "source_label": "Hugging Face transformers",
         # state_dict prefix of the classifier (a new head replaces it for another class count)

@@ -71,7 +71,8 @@ def test_seven_released_checkpoints_are_registered():
     assert get_variant("cvt-21-384").config.depths == (1, 4, 16)
     assert get_variant("cvt-w24-384-22k").config.embed_dims == (192, 768, 1024)
     assert get_variant("cvt-13-224").preprocessing["crop_pct"] == 0.875
-    for key in ("keras_builder", "torch_reference", "torch_runner", "mapping", "source_label", "config_class"):
+    for key in ("keras_builder", "torch_reference", "torch_taps", "torch_call", "mapping", "source_label",
+                "config_class"):
         assert key in FAMILIES["cvt"]
 
 
@@ -289,7 +290,7 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
     result = _python("""
         import json, torch
         from parity.inputs import random_images
-        from parity.references import build_hf_cvt, run_hf_cvt_reference
+        from parity.references import build_hf_cvt, call_hf_image_classifier, hf_cvt_taps, run_reference
         from porting.sources import perturb_
         from porting.variants import FAMILIES, get_variant
         spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
@@ -299,8 +300,8 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
         gelu.load_state_dict(quick.state_dict(), strict=True)
         acts = sorted({type(m).__name__ for n, m in quick.named_modules() if n.endswith("intermediate.activation")})
         images = random_images(64, 2)
-        a = run_hf_cvt_reference(quick, images)["logits"]
-        b = run_hf_cvt_reference(gelu, images)["logits"]
+        a = run_reference(quick, images, hf_cvt_taps(quick), call_hf_image_classifier)["logits"]
+        b = run_reference(gelu, images, hf_cvt_taps(gelu), call_hf_image_classifier)["logits"]
         print(json.dumps({"acts": acts, "diff": float(abs(a - b).max() / abs(a).max())}))
     """, tmp_path)
     assert result["acts"] == ["QuickGELUActivation"]
