@@ -128,7 +128,7 @@ def backend_missing(backend: str) -> str | None:
         return f"the {backend} backend needs the {module} package, which is not installed{extra}"
     return None
 # worker result keys worth keeping in the report
-_INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs")
+_INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs", "backend")
 
 
 def _photo_summary(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], device: str,
