@@ -5,6 +5,7 @@ vs fp64), and a known porting bug (LayerNorm eps 1e-5 instead of 1e-6), all as
 max|Δ| / max|reference| per output kind. Writes benchmarks/results/parity_floor.json.
 
     .venv/bin/python benchmarks/parity_floor.py cait_xxs24_224 cait_s24_224 cait_m48_448:8
+    .venv/bin/python benchmarks/parity_floor.py cait_xxs24_224 --device cuda   # GPU rows of the policy
 (``name:depth`` measures a depth-reduced variant.)
 """
 
@@ -42,7 +43,7 @@ def _worst(reference: dict, candidate: dict) -> dict[str, float]:
     return worst
 
 
-def measure(name: str, depth: int | None, work: Path) -> dict:
+def measure(name: str, depth: int | None, work: Path, device: str = "cpu") -> dict:
     spec = get_variant(name)
     if depth:
         spec = spec.with_config(depth=depth)
@@ -63,7 +64,14 @@ def measure(name: str, depth: int | None, work: Path) -> dict:
                                         "safetensors_out": str(work / "rt.safetensors")}, work)
     ref32, ref64 = _load(outs["float32"]), _load(outs["float64"])
     keras, keras_bug = _load(outs[1e-6]), _load(outs[1e-5])
-    return {"variant": name, "depth": spec.config.depth,
+    device_rows = {}
+    if device != "cpu":  # the GPU floor: PyTorch fp32 on the device (TF32 off) against fp64 on the CPU
+        out = work / "ref-device.npz"
+        run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
+                                        "out": str(out), "device": device, "intermediates": True}, work)
+        device_rows = {f"timm_fp32_{device}_vs_fp64_cpu": _worst(ref64, _load(out)),
+                       f"keras_cpu_vs_timm_fp32_{device}": _worst(_load(out), keras)}
+    return {"variant": name, "depth": spec.config.depth, **device_rows,
             "logits_scale": float(np.abs(ref32["logits"]).max()),
             "timm_fp32_vs_fp64": _worst(ref64, ref32),
             "keras_vs_timm_fp32": _worst(ref32, keras),
@@ -72,13 +80,17 @@ def measure(name: str, depth: int | None, work: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    device = "cpu"
+    if "--device" in argv:
+        index = argv.index("--device")
+        device, argv = argv[index + 1], argv[:index] + argv[index + 2:]
     results = []
     for item in argv or ["cait_xxs24_224"]:
         name, _, depth = item.partition(":")
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(measure(name, int(depth) if depth else None, Path(tmp)))
+            results.append(measure(name, int(depth) if depth else None, Path(tmp), device))
         print(json.dumps(results[-1]), flush=True)
-    out = ROOT / "benchmarks" / "results" / "parity_floor.json"
+    out = ROOT / "benchmarks" / "results" / ("parity_floor.json" if device == "cpu" else f"parity_floor-{device}.json")
     out.write_text(json.dumps({"metric": "max|candidate - reference| / max|reference|, worst per output kind",
                                "inputs": "2 seeded N(0,1) images", "weights": "random, perturbed (seed 0)",
                                "results": results}, indent=1) + "\n")
