@@ -192,6 +192,20 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a mapping or rename file; YAML errors name the file and the line."""
+    if not path.exists():
+        raise MappingFileError(path, None, f"{what} not found")
+    try:
+        return yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise MappingFileError(path, mark.line + 1 if mark else None,
+                               f"YAML error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise MappingFileError(path, None, f"YAML error: {exc}") from None
+
+
 _TOP_KEYS = {"family", "source", "description", "rename", "rules", "drop"}
 
 
@@ -208,17 +222,7 @@ class MappingSpec:
     @classmethod
     def load(cls, path: str | Path) -> MappingSpec:
         path = Path(path)
-        if not path.exists():
-            raise MappingFileError(path, None, "mapping file not found")
-        try:
-            data = yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise MappingFileError(path, mark.line + 1 if mark else None,
-                                   f"YAML error: {exc.problem or exc.context}") from None
-        except yaml.YAMLError as exc:
-            raise MappingFileError(path, None, f"YAML error: {exc}") from None
-        return cls.from_data(data, path)
+        return cls.from_data(read_yaml(path, "mapping file"), path)
 
     @classmethod
     def from_data(cls, data: Any, path: str | Path = "<mapping>") -> MappingSpec:
@@ -443,12 +447,7 @@ class RenameSpec:
     @classmethod
     def load(cls, path: str | Path) -> RenameSpec:
         path = Path(path)
-        if not path.exists():
-            raise MappingFileError(path, None, "rename file not found")
-        try:
-            data = yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
-        except yaml.YAMLError as exc:
-            raise MappingFileError(path, None, f"YAML error: {exc}") from None
+        data = read_yaml(path, "rename file")
         if not isinstance(data, dict) or not data.get("rename"):
             raise MappingFileError(path, 1, "a rename file is a YAML mapping with 'family' and a non-empty 'rename'")
         unknown = set(data) - {"family", "source", "description", "rename", "__line__"}
