@@ -139,7 +139,10 @@ def render_markdown(report: dict) -> str:
     if report.get("roundtrip"):
         rt = report["roundtrip"]
         lines += ["", f"Round trip (Keras → {report['source_layout']} safetensors → strict load): "
-                  f"{'bit-exact' if rt.get('bit_exact') else 'MISMATCH'} over {rt.get('num_tensors')} tensors."]
+                  f"{'bit-exact' if rt.get('bit_exact') else 'MISMATCH'} over {rt.get('num_tensors')} tensors"
+                  + (f"; {rt['not_compared']} dropped by the mapping on purpose, not compared "
+                     f"({'; '.join(rt.get('not_compared_reasons', []))})" if rt.get("not_compared") else "")
+                  + "."]
     lines += ["", f"Generated {report['time']} by vit-porting {report['toolkit_version']}.", ""]
     return "\n".join(lines)
 

@@ -360,8 +360,8 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
             runs += more
             meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
                                                           if k not in ("ok", "peak_rss_mb", "seconds")}}
-        extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors",
-                                                          "mismatched")},
+        extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors", "mismatched",
+                                                          "not_compared", "not_compared_reasons") if k in roundtrip},
                  "devices": devices, "inputs_detail": described, "mapping": options.mapping,
                  "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos},
                  **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
