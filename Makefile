@@ -7,7 +7,7 @@ VARIANT ?= cait_xxs24_224
 WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
-.PHONY: venv port parity verify test test-all lint clean publish
+.PHONY: venv port parity verify test test-all lint clean publish eval attention
 
 venv: $(STAMP)
 
@@ -37,6 +37,20 @@ publish: $(STAMP)
 	$(if $(TARGET),,$(error TARGET=hf://owner/name or TARGET=kaggle://owner/model/framework/variation is required))
 	$(PY) -m porting.cli publish $(VARIANT) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
 		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
+
+# Top-1/top-5 of every runtime on an image folder (class subfolders, or flat files with LABELS=);
+# writes artifacts/<variant>/eval/eval.json and eval.md. RUNTIMES=pytorch,keras,savedmodel,onnxruntime
+eval: $(STAMP)
+	$(if $(DATA),,$(error DATA=path/to/images is required))
+	$(PY) -m porting.cli eval $(VARIANT) $(DATA) $(if $(RUNTIMES),--runtimes $(RUNTIMES)) \
+		$(if $(LABELS),--labels $(LABELS)) $(if $(CLASS_MAP),--class-map $(CLASS_MAP)) \
+		$(if $(BATCH),--batch $(BATCH)) $(if $(LIMIT),--limit $(LIMIT)) $(EVAL_ARGS)
+
+# Class-attention maps and saliency over one image as a PNG (SOURCE=savedmodel to use saved_model/)
+attention: $(STAMP)
+	$(if $(IMAGE),,$(error IMAGE=path/to/image is required))
+	$(PY) -m porting.cli attention $(VARIANT) $(IMAGE) $(if $(SOURCE),--source $(SOURCE)) \
+		$(if $(PNG),--png $(PNG)) $(ATTENTION_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -77,6 +77,52 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifact_folder(name: str, out: str) -> Path:
+    folder = Path(name)
+    if not folder.is_dir():
+        folder = Path(out) / name
+    if not folder.is_dir():
+        get_variant(name)  # a misspelt variant name gets the usual suggestions
+        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={name}` first")
+    return folder
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Top-1/top-5 of each runtime on an image folder; writes <folder>/eval/eval.json, eval.md."""
+    from porting.evaluate import EvalError, EvalOptions, evaluate
+
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
+    options = EvalOptions(runtimes=runtimes, batch=args.batch, limit=args.limit, class_map=args.class_map,
+                          labels=args.labels, worst=args.worst, progress=not args.no_progress)
+    try:
+        report = evaluate(_artifact_folder(args.folder, args.out), args.data, options)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, r in report["runtimes"].items():
+        print(f"{report['variant']}  {name:<12} top-1 {100 * r['top1']:6.2f} %  top-5 {100 * r['top5']:6.2f} %  "
+              f"({report['dataset']['num_images']} images, {r['images_per_second']} img/s)")
+    print(f"runtimes disagree about top-1 on {report['agreement']['top1_disagreements']} image(s)")
+    if report["random_weights"]:
+        print("NOTE: these are RANDOM weights; the accuracy is meaningless.")
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    """PNG of the class-attention maps (every head) and the head-averaged saliency over an image."""
+    from porting.attention_viz import attention_figure
+    from porting.evaluate import EvalError
+
+    try:
+        result = attention_figure(_artifact_folder(args.folder, args.out), args.image, out=args.png,
+                                  source=args.source, blocks=args.blocks, dpi=args.dpi)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['png']}: {len(result['panels'])} panels; top-5 classes {result['top5']}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for name, spec in sorted(all_variants().items()):
         c = spec.config
@@ -140,6 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-dir", default=None, help="staging folder (default <out>/.staging/<target>)")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of every runtime on a labelled image folder (writes eval/)")
+    p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
+    p.add_argument("data", help="image folder: class subfolders, or flat files with --labels")
+    p.add_argument("--runtimes", default=None,
+                   help="comma-separated subset of pytorch,keras,savedmodel,onnxruntime (default: all present)")
+    p.add_argument("--labels", default=None, help="labels file of a flat folder: '<file> <label>' per line")
+    p.add_argument("--class-map", default=None,
+                   help="JSON {name: index} or a text file of class names (index = line number)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--worst", type=int, default=10, help="disagreements to list (default 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("attention", help="PNG of the class-attention maps and saliency over one image")
+    p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--source", choices=("keras", "savedmodel"), default="keras",
+                   help="run model.keras (default) or saved_model/")
+    p.add_argument("--png", default=None, help="output PNG (default <folder>/eval/attention_<image>.png)")
+    p.add_argument("--blocks", choices=("default", "all"), default="default",
+                   help="CvT: 'all' draws every block of the last stage (default: the last block)")
+    p.add_argument("--dpi", type=int, default=60, help="PNG resolution (default 60)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("list", help="list known variants")
     p.set_defaults(func=cmd_list)

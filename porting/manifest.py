@@ -7,7 +7,13 @@ Format (kept stable; ``vit-port verify`` and the tests recompute it)::
      "origin": {...},          # the weights origin of the port
      "versions": {"python", "torch", "timm", "tensorflow", "keras", "onnx", "onnxruntime", "numpy", "toolkit"},
      "parity": {"passed": bool, "report": "parity.json"},
-     "created": UTC ISO-8601 time}
+     "created": UTC ISO-8601 time,
+     "not_checksummed": {"eval/": why}}   # post-port outputs, see below
+
+``eval/`` holds what ``vit-port eval`` writes after the port (eval.json, eval.md): reports
+about the artifacts, not artifacts, rewritten on every evaluation. It is left out of the
+file table and of ``verify_manifest`` (both sides), so evaluating a verified folder keeps it
+verified; every other file, stray ones included, is still checked.
 
 numpy/stdlib only: it runs in the orchestrating process, which imports no framework.
 """
@@ -22,6 +28,10 @@ from importlib import metadata
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
+EVAL_DIR = "eval"
+# top-level folders written after the port; not checksummed (see the module docstring)
+POST_PORT_DIRS = {EVAL_DIR + "/": "evaluation reports written after the port by `vit-port eval`; "
+                                  "not artifacts, not checksummed"}
 # distribution names on PyPI for the versions block (read from metadata: nothing is imported)
 _DISTRIBUTIONS = {"torch": "torch", "timm": "timm", "tensorflow": ("tensorflow-cpu", "tensorflow"),
                   "keras": "keras", "onnx": "onnx", "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
@@ -53,12 +63,17 @@ def runtime_versions(toolkit: str) -> dict[str, str | None]:
     return versions
 
 
+def _post_port(rel: str) -> bool:
+    return rel.startswith(tuple(POST_PORT_DIRS))
+
+
 def file_table(folder: Path) -> dict[str, dict]:
-    """{relative posix path: {size, sha256}} for every file under ``folder`` but the manifest."""
+    """{relative posix path: {size, sha256}} for every file under ``folder`` but the manifest
+    and the post-port outputs (``eval/``)."""
     table = {}
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel == MANIFEST_NAME:
+        if rel == MANIFEST_NAME or _post_port(rel):
             continue
         table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return table
@@ -76,6 +91,7 @@ def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, 
         "versions": versions or runtime_versions(toolkit),
         "parity": {"passed": bool(parity_passed), "report": report},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "not_checksummed": dict(POST_PORT_DIRS),
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -101,6 +117,7 @@ def verify_manifest(folder: Path | str) -> list[str]:
     listed = manifest.get("files", {})
     present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     present.pop(MANIFEST_NAME, None)
+    present = {rel: p for rel, p in present.items() if not _post_port(rel)}
     for rel, entry in sorted(listed.items()):
         path = present.get(rel)
         if path is None:

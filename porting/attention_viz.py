@@ -1,0 +1,171 @@
+"""``vit-port attention``: class-attention maps and a saliency map over one image, as a PNG.
+
+CaiT: each class-attention block (``blocks_token_only_{i}_attn``, (B, heads, 1, 1 + N))
+says how much the class token reads each patch; the map of a head is that row without its
+first entry (the class token itself), reshaped to the patch grid. CvT: the last stage's class
+token (``stage{S}_blocks_{j}_attn``, (B, heads, 1 + Nq, 1 + Nkv)), row 0, over the key/value
+grid (the k/v projection has stride 2, so a 14x14 stage is read on a 7x7 grid).
+
+The saliency map is the head average of the last class-attention block (CaiT) / the last
+block of the last stage (CvT): the attention the classifier's token paid last. Every map is
+drawn upsampled (bilinear) over the image, each normalised to its own [0, 1] range.
+
+The model runs in a worker process (``parity.run_eval`` job ``attention``: model.keras, or
+saved_model/ with ``source="savedmodel"``); this process draws with matplotlib (Agg) and
+imports no framework. ``attention_figure`` returns the arrays it drew and a description of
+every panel, so tests can compare them with the model's outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from parity.images import preprocess_image, resize_and_crop
+from parity.worker import run_worker
+from porting.evaluate import EvalError, load_artifact_spec, spec_preprocessing
+from porting.variants import VariantSpec
+
+SOURCES = {"keras": "model.keras", "savedmodel": "saved_model"}
+
+
+def _grid(tokens: int, name: str) -> int:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise EvalError(f"{name}: {tokens} tokens do not form a square grid")
+    return side
+
+
+def class_attention_maps(spec: VariantSpec, outputs: dict[str, np.ndarray], blocks: str = "default",
+                         index: int = 0) -> tuple[dict[str, np.ndarray], str]:
+    """{output name: (heads, g, g) class-token attention of image ``index``}, and the output
+    whose head average is the saliency map. ``blocks``: "default" (CaiT: every class-attention
+    block; CvT: the last block of the last stage) or "all" (CvT: every block of the last stage)."""
+    if spec.family == "cait":
+        names = sorted((k for k in outputs if re.fullmatch(r"blocks_token_only_\d+_attn", k)),
+                       key=lambda k: int(k.split("_")[3]))
+    elif spec.family == "cvt":
+        last = spec.config.num_stages - 1
+        pattern = rf"stage{last}_blocks_(\d+)_attn"
+        names = sorted((k for k in outputs if re.fullmatch(pattern, k)), key=lambda k: int(re.fullmatch(pattern, k)[1]))
+        if blocks != "all":
+            names = names[-1:]
+    else:
+        raise EvalError(f"no class-attention maps for family {spec.family!r}")
+    if not names:
+        raise EvalError(f"the model has no class-attention outputs ({', '.join(sorted(outputs)[:6])} ...)")
+    maps = {}
+    for name in names:
+        attn = np.asarray(outputs[name])[index]  # (heads, queries, keys)
+        row = attn[:, 0, 1:]  # the class token's query, patches only
+        side = _grid(row.shape[-1], name)
+        maps[name] = row.reshape(row.shape[0], side, side).astype(np.float32)
+    return maps, names[-1]
+
+
+def _upsample(grid_map: np.ndarray, size: int) -> np.ndarray:
+    """(g, g) -> (size, size), bilinear (PIL, float), then scaled to [0, 1] for display."""
+    from PIL import Image
+
+    up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+    lo, hi = float(up.min()), float(up.max())
+    return (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
+
+
+def draw(pixels: np.ndarray, maps: dict[str, np.ndarray], saliency: np.ndarray, out: Path | str, title: str,
+         dpi: int = 60) -> list[dict]:
+    """The PNG: row 0 the input and the saliency map; one row per block, one panel per head.
+    Returns one entry per panel: {"kind": "input" | "saliency" | "head", "block", "head", "row", "col"}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = pixels.shape[0]
+    heads = max(m.shape[0] for m in maps.values())
+    cols = max(2, heads)
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    panels = []
+
+    def show(ax, overlay, label):
+        ax.imshow(pixels)
+        if overlay is not None:
+            ax.imshow(_upsample(overlay, size), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0)
+        ax.set_title(label, fontsize=8)
+
+    show(axes[0, 0], None, "input")
+    panels.append({"kind": "input", "block": None, "head": None, "row": 0, "col": 0})
+    show(axes[0, 1], saliency, "saliency (head mean)")
+    panels.append({"kind": "saliency", "block": None, "head": None, "row": 0, "col": 1})
+    for r, (name, per_head) in enumerate(maps.items(), start=1):
+        for h in range(per_head.shape[0]):
+            show(axes[r, h], per_head[h], f"{name.removesuffix('_attn')} h{h}")
+            panels.append({"kind": "head", "block": name, "head": h, "row": r, "col": h})
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return panels
+
+
+def attention_figure(folder: Path | str, image: Path | str, out: Path | str | None = None, source: str = "keras",
+                     blocks: str = "default", dpi: int = 60, title: str | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """Run the artifact of ``folder`` (``source``: keras or savedmodel) on ``image`` and draw
+    the PNG (default ``<folder>/eval/attention_<image stem>.png``).
+
+    Returns {"png", "panels", "maps" (output -> (heads, g, g)), "saliency" (g, g),
+    "saliency_block", "outputs" (every model output on the image), "input" (the float32
+    preprocessed image), "pixels" (its uint8 form), "top5"}."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    folder = Path(folder)
+    spec, origin = load_artifact_spec(folder)
+    if source not in SOURCES:
+        raise EvalError(f"unknown source {source!r}; choose keras or savedmodel")
+    model_path = folder / SOURCES[source]
+    if not model_path.exists():
+        raise EvalError(f"{model_path}: missing; port with exports first")
+    if not Path(image).is_file():
+        raise EvalError(f"{image}: no such image")
+    pre = spec_preprocessing(spec)
+    pixels = resize_and_crop(image, pre)
+    inputs = preprocess_image(image, pre)[None]
+    work = folder.parent / f".{folder.name}.attention-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        np.save(work / "image.npy", inputs)
+        run_worker("parity.run_eval", {"job": "attention", "source": source, "spec": spec.to_dict(),
+                                       "model": str(model_path), "image": str(work / "image.npy"),
+                                       "out": str(work / "outputs.npz")}, work)
+        with np.load(work / "outputs.npz") as data:
+            outputs = {k: data[k] for k in data.files}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    maps, last = class_attention_maps(spec, outputs, blocks)
+    saliency = maps[last].mean(axis=0)
+    head = next((k for k in ("logits", "features") if k in outputs), None)
+    top5 = [int(i) for i in np.argsort(-outputs[head][0])[:5]] if head == "logits" else []
+    if title is None:
+        weights = ("RANDOM weights: the maps show the machinery, not what a trained model looks at"
+                   if origin.get("random_weights") else f"weights: {origin.get('description', 'unknown')}")
+        title = (f"{spec.name} ({weights})\n{SOURCES[source]}: class-token attention of each head; "
+                 f"saliency = head mean of {last.removesuffix('_attn')}"
+                 + (f"; top-1 class {top5[0]}" if top5 else ""))
+    if out is None:
+        out = folder / "eval" / f"attention_{Path(image).stem}.png"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    panels = draw(pixels, maps, saliency, out, title, dpi)
+    log(f"Wrote {out} ({len(panels)} panels)")
+    return {"png": str(out), "panels": panels, "maps": maps, "saliency": saliency, "saliency_block": last,
+            "outputs": outputs, "input": inputs[0], "pixels": pixels, "top5": top5, "source": source}
