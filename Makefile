@@ -7,7 +7,7 @@ VARIANT ?= cait_xxs24_224
 WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
-.PHONY: venv port parity verify test test-all lint clean publish eval attention
+.PHONY: venv port parity verify bench test test-all lint clean publish eval attention
 
 venv: $(STAMP)
 
@@ -23,13 +23,18 @@ $(STAMP): pyproject.toml
 
 port: $(STAMP)
 	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
-		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) $(PORT_ARGS)
+		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) \
+		$(if $(BACKENDS),--backends $(BACKENDS)) $(PORT_ARGS)
 
 parity: $(STAMP)
-	$(PY) -m porting.cli parity $(VARIANT) $(PARITY_ARGS)
+	$(PY) -m porting.cli parity $(VARIANT) $(if $(BACKENDS),--backends $(BACKENDS)) $(PARITY_ARGS)
 
 verify: $(STAMP)
 	$(PY) -m porting.cli verify $(VARIANT)
+
+BATCHES ?= 1,8
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench $(VARIANT) --batches $(BATCHES) $(BENCH_ARGS)
 
 # Dry run by default: stages the files it would upload and lists them. PUSH=1 uploads (after
 # re-verifying the manifest; refuses failed parity, changed files, random weights unless ALLOW_RANDOM=1).

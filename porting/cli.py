@@ -11,7 +11,7 @@ from pathlib import Path
 
 from parity.worker import WorkerError
 from porting.mapping import MappingFileError
-from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port, recheck
+from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, parse_backends, port, recheck
 from porting.publish import PublishError
 from porting.variants import UnknownVariantError, all_variants, get_variant
 
@@ -28,7 +28,7 @@ def cmd_port(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     options = PortOptions(weights=args.weights, seed=args.seed, batch=args.batch, out_root=Path(args.out),
                           force=args.force, mapping=args.mapping, new_head=args.num_classes is not None,
-                          exports=not args.no_export)
+                          exports=not args.no_export, backends=parse_backends(args.backends))
     report = port(spec, options)
     _print_summary(report)
     return 0 if report["passed"] else 1
@@ -36,7 +36,7 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     get_variant(args.variant)  # a misspelt name gets the usual suggestions
-    report = recheck(args.variant, Path(args.out))
+    report = recheck(args.variant, Path(args.out), backends=parse_backends(args.backends))
     _print_summary(report)
     return 0 if report["passed"] else 1
 
@@ -45,12 +45,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Recompute every checksum in the folder's manifest.json; non-zero on any difference."""
     from porting.manifest import verify_manifest
 
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        folder = Path(args.out) / args.folder
-    if not folder.is_dir():
-        get_variant(args.folder)  # a misspelt variant name gets the usual suggestions
-        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={args.folder}` first")
+    folder = _artifact_folder(args.folder, args.out)
     problems = verify_manifest(folder)
     for problem in problems:
         print(f"{folder}: {problem}", file=sys.stderr)
@@ -66,18 +61,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     (dry run), or with --push check it and upload it (porting/publish.py)."""
     from porting.publish import publish
 
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        folder = Path(args.out) / args.folder
-    if not folder.is_dir():
-        get_variant(args.folder)  # a misspelt variant name gets the usual suggestions
-        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={args.folder}` first")
-    publish(folder, args.target, push=args.push, allow_random=args.allow_random, stage_dir=args.stage_dir,
-            private=args.private)
+    publish(_artifact_folder(args.folder, args.out), args.target, push=args.push, allow_random=args.allow_random,
+            stage_dir=args.stage_dir, private=args.private)
     return 0
 
 
 def _artifact_folder(name: str, out: str) -> Path:
+    """An artifact folder given as a path, or as a variant name under the artifacts root."""
     folder = Path(name)
     if not folder.is_dir():
         folder = Path(out) / name
@@ -162,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     p.add_argument("--mapping", default=None, help="mapping file to use instead of the family's")
+    p.add_argument("--backends", default="tensorflow",
+                   help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
     p.add_argument("--no-export", action="store_true",
                    help="write model.safetensors and check Keras eager only (no SavedModel, .keras, ONNX)")
     p.set_defaults(func=cmd_port)
@@ -169,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="re-check an existing artifact folder (no conversion) and rewrite its reports")
     p.add_argument("variant")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.add_argument("--backends", default="tensorflow",
+                   help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("verify", help="check an artifact folder's files against its manifest.json checksums")
