@@ -117,9 +117,10 @@ def _derive(result: dict) -> None:
         if "speedup_vs_torch" in timing:
             checks[f"onnxruntime_speedup_vs_torch_batch{batch}"] = timing["speedup_vs_torch"]
     if result.get("port"):
-        if result["port"].get("peak_rss_mb"):
-            checks["port_peak_rss_over_weight_bytes"] = result["port"]["peak_rss_mb"] * 2**20 / result["weight_bytes"]
+        # the memory and time targets are set for the largest variant; on a small one the frameworks'
+        # own footprint (~1 GB per process) dwarfs the weights and the ratio says nothing
         if result["variant"] == "cait_m48_448":
+            checks["port_peak_rss_over_weight_bytes"] = result["port"]["peak_rss_mb"] * 2**20 / result["weight_bytes"]
             checks["port_minutes_cait_m48_448"] = result["port"]["wall_s"] / 60
     checks["saved_model_over_weight_bytes"] = result["saved_model_bytes"] / result["weight_bytes"]
     verdicts = {}

@@ -90,10 +90,15 @@ def job_keras(job: dict) -> dict:
 
     spec = VariantSpec.from_dict(job["spec"])
     __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])  # registers the layers
+    import tensorflow as tf
+
     model = keras.saving.load_model(job["model"], compile=False)
-    model.compile(jit_compile=job.get("jit_compile", True))
-    return {"batches": _batches(job, model.predict_on_batch), "keras": keras.__version__,
-            "mode": "xla" if job.get("jit_compile", True) else "tf.function"}
+    # A compiled call returning tensors, as TF users serve a Keras model; predict_on_batch would
+    # add a numpy copy of every attention map to each call (the SavedModel and torch runs have none).
+    jit = job.get("jit_compile", True)
+    call = tf.function(lambda images: model(images, training=False), jit_compile=jit)
+    return {"batches": _batches(job, lambda images: call(tf.constant(images))), "keras": keras.__version__,
+            "mode": "xla" if jit else "tf.function"}
 
 
 def job_savedmodel(job: dict) -> dict:
