@@ -70,7 +70,10 @@ def run(variant: str, batches: list[int], repeats: int, warmup: int, skip_port: 
 
     job = {"spec": spec.to_dict(), "image_size": spec.image_size, "batches": batches, "repeats": repeats,
            "warmup": warmup}
-    result["matmul_peak"] = run_worker("benchmarks.bench_worker", {"job": "matmul_peak"}, work)
+    peaks = [run_worker("benchmarks.bench_worker", {"job": "matmul_peak", "framework": f}, work)
+             for f in ("torch", "tensorflow")]
+    result["matmul_peak"] = {**max(peaks, key=lambda p: p["gflops"]),
+                             "by_framework": {p["framework"]: p["gflops"] for p in peaks}}
     result["flops_per_image"] = run_worker("benchmarks.bench_worker", {**job, "job": "flops"}, work)[
         "flops_per_image"]
     runtimes = {
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-port", action="store_true", help="reuse benchmarks/.work/<variant> if present")
     args = parser.parse_args(argv)
