@@ -262,15 +262,20 @@ def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], 
         except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
             failures.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise PretrainedUnavailableError(
-            f"pretrained weights for {spec.name} (Hugging Face repo {repo}) are neither in the local Hugging Face "
-            f"cache nor downloadable{' (HF_HUB_OFFLINE is set)' if offline else ''}: {'; '.join(failures)}\n"
-            f"Alternatives: download on a connected machine (`hf download {repo}`) and copy ~/.cache/huggingface, "
-            f"or pass WEIGHTS=/path/to/checkpoint (the repo's model.safetensors / pytorch_model.bin, or "
-            f"Microsoft's original CvT .pth), or WEIGHTS=random for an explicitly random-weights port.")
+        raise _unavailable(f"{spec.name} (Hugging Face repo {repo})", repo, "; ".join(failures),
+                           "the repo's model.safetensors / pytorch_model.bin, or Microsoft's original CvT .pth")
     state = load_checkpoint(path)
     return state, Origin("pretrained", f"Hugging Face {repo} ({filename})", file=str(path), sha256=sha256_file(path))
+
+
+def _unavailable(what: str, repo: str, detail: str, files: str) -> PretrainedUnavailableError:
+    """The one message for pretrained weights that are neither cached nor downloadable."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return PretrainedUnavailableError(
+        f"pretrained weights for {what} are neither in the local Hugging Face cache nor downloadable"
+        f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {detail}\n"
+        f"Alternatives: download on a connected machine (`hf download {repo}`) and copy ~/.cache/huggingface, "
+        f"or pass WEIGHTS=/path/to/checkpoint ({files}), or WEIGHTS=random for an explicitly random-weights port.")
 
 
 def load_timm_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
@@ -286,14 +291,8 @@ def load_timm_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Or
     try:
         model = timm.create_model(spec.pretrained_tag, pretrained=True)
     except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise PretrainedUnavailableError(
-            f"pretrained weights for {spec.name} ({spec.pretrained_tag}, Hugging Face repo {hub_id or '?'}) "
-            f"are neither in the local Hugging Face cache nor downloadable"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
-            f"Alternatives: download on a connected machine (`hf download {hub_id}`) and copy "
-            f"~/.cache/huggingface, or pass WEIGHTS=/path/to/model.safetensors (or .pth), "
-            f"or WEIGHTS=random for an explicitly random-weights port.") from None
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise _unavailable(f"{spec.name} ({spec.pretrained_tag}, Hugging Face repo {hub_id or '?'})", hub_id,
+                           detail, "model.safetensors or .pth") from None
     origin = Origin("pretrained", f"timm {spec.pretrained_tag} (hf://{hub_id})")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, origin
