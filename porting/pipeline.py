@@ -89,12 +89,20 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
 
 @dataclass
 class RuntimeRun:
-    """One runtime's outputs on the parity inputs, and what it said about itself."""
+    """One runtime's outputs on the parity inputs (or the .npz file holding them), and what it
+    said about itself.
+
+    Runs keep the file, not the arrays: at 448 px one image's attention maps are 1.9 GB, so the
+    report loads one runtime's outputs at a time, compares them and lets them go.
+    """
 
     runtime: str
     device: str
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray] | Path
     info: dict = field(default_factory=dict)
+
+    def load(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.outputs) if isinstance(self.outputs, Path) else self.outputs
 
 
 # what each runtime loads (shown in the report)
@@ -161,7 +169,7 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
     for run in runtimes:
         # a backend that found a GPU the PyTorch reference did not see is held to the CPU reference
         ref_main, ref_photos = split_photo_outputs(references.get(run.device, references["cpu"]))
-        main, photos = split_photo_outputs(run.outputs)
+        main, photos = split_photo_outputs(run.load())
         ref_main = {k: v for k, v in ref_main.items() if k in main or not k.endswith("_out")}
         comparisons = compare_outputs(ref_main, main, run.device, policy)
         summary = runtime_summary(run.runtime, run.device, comparisons)
@@ -240,12 +248,12 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
         "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"), "compiled": True,
                              "outputs": out("keras_compiled")}, work))
     log(f"      compiled with {r['mode']}" + (f" (XLA failed: {r['xla_error']})" if r.get("xla_error") else ""))
-    runs.append(RuntimeRun("keras_compiled", "cpu", _load_npz(Path(out("keras_compiled"))), r))
+    runs.append(RuntimeRun("keras_compiled", "cpu", Path(out("keras_compiled")), r))
     meta["output_order"], meta["weight_paths"] = r["output_order"], r["weight_paths"]
     r = steps.run("running keras_file (model.keras reloaded)", lambda: run_worker(
         "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"),
                              "outputs": out("keras_file")}, work))
-    runs.append(RuntimeRun("keras_file", "cpu", _load_npz(Path(out("keras_file"))), r))
+    runs.append(RuntimeRun("keras_file", "cpu", Path(out("keras_file")), r))
     for backend in backends:
         if backend == "tensorflow":
             continue  # keras_compiled and keras_file above
@@ -258,22 +266,22 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
         r = steps.run(f"running {name} (model.keras on Keras' {backend} backend)", lambda b=backend, n=name: run_worker(
             "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"),
                                  "outputs": out(n)}, work, env={"KERAS_BACKEND": b}))
-        runs.append(RuntimeRun(name, r.get("device", "cpu"), _load_npz(Path(out(name))), r))
+        runs.append(RuntimeRun(name, r.get("device", "cpu"), Path(out(name)), r))
     r = steps.run("running savedmodel (tf.saved_model.load)", lambda: run_worker(
         "parity.run_savedmodel", {**job, "job": "run", "saved_model": str(folder / "saved_model"),
                                   "outputs": out("savedmodel")}, work))
-    runs.append(RuntimeRun("savedmodel", "cpu", _load_npz(Path(out("savedmodel"))), r))
+    runs.append(RuntimeRun("savedmodel", "cpu", Path(out("savedmodel")), r))
     r = steps.run("running onnxruntime (CPUExecutionProvider)", lambda: run_worker(
         "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cpu",
                             "outputs": out("onnxruntime")}, work))
-    runs.append(RuntimeRun("onnxruntime", "cpu", _load_npz(Path(out("onnxruntime"))), r))
+    runs.append(RuntimeRun("onnxruntime", "cpu", Path(out("onnxruntime")), r))
     meta["onnx"] = {k: r.get(k) for k in ("opset", "nodes", "inputs", "checker")}
     if devices.get("cuda"):
         try:
             r = steps.run("running onnxruntime (CUDAExecutionProvider)", lambda: run_worker(
                 "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cuda",
                                     "outputs": out("onnxruntime_cuda")}, work))
-            runs.append(RuntimeRun("onnxruntime", "cuda", _load_npz(Path(out("onnxruntime_cuda"))), r))
+            runs.append(RuntimeRun("onnxruntime", "cuda", Path(out("onnxruntime_cuda")), r))
         except WorkerError as exc:
             if not exc.user_error:
                 raise
@@ -348,7 +356,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
             "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
                                  "candidate": str(tmp / "model.safetensors")}, work))
-        runs = [RuntimeRun("keras_eager", "cpu", _load_npz(work / "keras_eager.npz"), conv)]
+        runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager.npz", conv)]
         meta: dict = {}
         if options.exports:
             onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
