@@ -10,52 +10,11 @@ Written with ``keras.ops`` only, so it runs on every Keras backend.
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import layers, ops
 
+from porting.layers import PACKAGE, Mlp, kernel_init
 from porting.variants import CaiTConfig
-
-PACKAGE = "vit_porting"
-
-
-def exact_gelu(x):
-    """GELU written with erf rather than ``keras.ops.gelu``.
-
-    ``keras.ops.gelu`` defaults to the tanh approximation (5e-4 from timm), and TensorFlow's
-    exact GELU lowers to Erfc, which tf2onnx turns into an invalid ONNX file. erf is exact and
-    exports cleanly everywhere.
-    """
-    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-def _init(name: str, std: float = 0.02):
-    # "zeros" is used when a converter will overwrite every weight anyway: a truncated-normal
-    # init of cait_m48_448 costs ~14 s for values that are immediately thrown away.
-    if name == "zeros":
-        return "zeros"
-    return keras.initializers.TruncatedNormal(stddev=std)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Mlp(layers.Layer):
-    def __init__(self, hidden_dim: int, out_dim: int, initializer: str = "random", **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dim, self.out_dim, self.initializer = hidden_dim, out_dim, initializer
-        self.fc1 = layers.Dense(hidden_dim, kernel_initializer=_init(initializer), name="fc1")
-        self.fc2 = layers.Dense(out_dim, kernel_initializer=_init(initializer), name="fc2")
-
-    def build(self, input_shape):
-        self.fc1.build(input_shape)
-        self.fc2.build((*input_shape[:-1], self.hidden_dim))
-
-    def call(self, x):
-        return self.fc2(exact_gelu(self.fc1(x)))
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim,
-                "initializer": self.initializer}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -72,7 +31,7 @@ class TalkingHeadAttention(layers.Layer):
         self.dim, self.num_heads, self.qkv_bias, self.initializer = dim, num_heads, qkv_bias, initializer
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        init = _init(initializer)
+        init = kernel_init(initializer)
         self.qkv = layers.Dense(dim * 3, use_bias=qkv_bias, kernel_initializer=init, name="qkv")
         self.proj = layers.Dense(dim, kernel_initializer=init, name="proj")
         self.proj_l = layers.Dense(num_heads, kernel_initializer=init, name="proj_l")
@@ -115,7 +74,7 @@ class ClassAttention(layers.Layer):
         self.dim, self.num_heads, self.qkv_bias, self.initializer = dim, num_heads, qkv_bias, initializer
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        init = _init(initializer)
+        init = kernel_init(initializer)
         self.q = layers.Dense(dim, use_bias=qkv_bias, kernel_initializer=init, name="q")
         self.k = layers.Dense(dim, use_bias=qkv_bias, kernel_initializer=init, name="k")
         self.v = layers.Dense(dim, use_bias=qkv_bias, kernel_initializer=init, name="v")
@@ -156,7 +115,7 @@ class _LayerScaleBase(layers.Layer):
         self.norm1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="norm1")
         self.attn = self.attention_class(dim, num_heads, qkv_bias, initializer, name="attn")
         self.norm2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="norm2")
-        self.mlp = Mlp(int(dim * mlp_ratio), dim, initializer, name="mlp")
+        self.mlp = Mlp(int(dim * mlp_ratio), dim, initializer=initializer, name="mlp")
 
     def build(self, input_shape):
         shape = (None, None, self.dim)
@@ -210,7 +169,7 @@ class PatchEmbed(layers.Layer):
         super().__init__(**kwargs)
         self.patch_size, self.embed_dim, self.initializer = patch_size, embed_dim, initializer
         self.proj = layers.Conv2D(embed_dim, patch_size, strides=patch_size, padding="valid",
-                                  kernel_initializer=_init(initializer), name="proj")
+                                  kernel_initializer=kernel_init(initializer), name="proj")
 
     def build(self, input_shape):
         self.proj.build(input_shape)
@@ -232,7 +191,7 @@ class AddPositionEmbedding(layers.Layer):
 
     def build(self, input_shape):
         self.pos_embed = self.add_weight(name="pos_embed", shape=(1, self.num_patches, self.embed_dim),
-                                         initializer=_init(self.initializer))
+                                         initializer=kernel_init(self.initializer))
 
     def call(self, x):
         return x + self.pos_embed
@@ -252,7 +211,7 @@ class ClassToken(layers.Layer):
 
     def build(self, input_shape):
         self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
-                                         initializer=_init(self.initializer))
+                                         initializer=kernel_init(self.initializer))
 
     def call(self, x):
         return ops.broadcast_to(self.cls_token, (ops.shape(x)[0], 1, self.embed_dim))
@@ -294,7 +253,7 @@ def build_cait(config: CaiTConfig, initializer: str = "random", name: str = "cai
     # normalising the class token alone gives the same numbers without the wasted work.
     features = layers.LayerNormalization(epsilon=c.layer_norm_eps, name="norm")(cls_token)[:, 0]
     if c.num_classes > 0:
-        head = layers.Dense(c.num_classes, kernel_initializer=_init(initializer), name="head")
+        head = layers.Dense(c.num_classes, kernel_initializer=kernel_init(initializer), name="head")
         outputs = {"logits": head(features), **outputs}
     else:
         outputs = {"features": features, **outputs}

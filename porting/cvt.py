@@ -26,30 +26,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from porting.cait import exact_gelu
+from porting.layers import PACKAGE, Mlp, kernel_init
 from porting.variants import CvTConfig
-
-PACKAGE = "vit_porting"
-ACTIVATIONS = ("quick_gelu", "gelu")
-
-
-def quick_gelu(x):
-    """QuickGELU of Microsoft's CvT (and CLIP): ``x * sigmoid(1.702 x)``."""
-    return x * ops.sigmoid(1.702 * x)
-
-
-def _activation(name: str):
-    if name == "quick_gelu":
-        return quick_gelu
-    if name == "gelu":
-        return exact_gelu
-    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
-
-
-def _init(name: str, std: float = 0.02):
-    if name == "zeros":
-        return "zeros"
-    return keras.initializers.TruncatedNormal(stddev=std)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -76,7 +54,7 @@ class ConvEmbedding(layers.Layer):
         self.embed_dim, self.patch_size, self.stride, self.padding = embed_dim, patch_size, stride, padding
         self.layer_norm_eps, self.initializer = layer_norm_eps, initializer
         self.proj = layers.Conv2D(embed_dim, patch_size, strides=stride, padding="valid",
-                                  kernel_initializer=_init(initializer), name="proj")
+                                  kernel_initializer=kernel_init(initializer), name="proj")
         self.norm = layers.LayerNormalization(epsilon=layer_norm_eps, name="norm")
 
     def build(self, input_shape):
@@ -109,7 +87,7 @@ class ConvProjection(layers.Layer):
         self.dim, self.kernel_size, self.stride, self.padding = dim, kernel_size, stride, padding
         self.batch_norm_eps, self.initializer = batch_norm_eps, initializer
         self.conv = layers.DepthwiseConv2D(kernel_size, strides=stride, padding="valid", use_bias=False,
-                                           depthwise_initializer=_init(initializer), name="conv")
+                                           depthwise_initializer=kernel_init(initializer), name="conv")
         # PyTorch's momentum 0.1 is Keras's 0.9 (they weight the old statistic and the new one oppositely).
         self.bn = layers.BatchNormalization(epsilon=batch_norm_eps, momentum=0.9, name="bn")
 
@@ -147,7 +125,7 @@ class ConvAttention(layers.Layer):
         self.head_dim = dim // num_heads
         # CvT scales by the full embedding width, not the head width (cls_cvt.py: dim_out ** -0.5).
         self.scale = dim**-0.5
-        init = _init(initializer)
+        init = kernel_init(initializer)
 
         def projection(name, stride, padding):
             return ConvProjection(dim, kernel_size, stride, padding, batch_norm_eps, initializer, name=name)
@@ -193,30 +171,6 @@ class ConvAttention(layers.Layer):
                 "qkv_bias": self.qkv_bias, "kernel_size": self.kernel_size, "stride_q": self.stride_q,
                 "padding_q": self.padding_q, "stride_kv": self.stride_kv, "padding_kv": self.padding_kv,
                 "batch_norm_eps": self.batch_norm_eps, "initializer": self.initializer}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Mlp(layers.Layer):
-    """fc1 -> activation (QuickGELU or exact GELU) -> fc2."""
-
-    def __init__(self, hidden_dim: int, out_dim: int, activation: str = "quick_gelu", initializer: str = "random",
-                 **kwargs):
-        super().__init__(**kwargs)
-        _activation(activation)  # refuse an unknown name at construction
-        self.hidden_dim, self.out_dim, self.activation, self.initializer = hidden_dim, out_dim, activation, initializer
-        self.fc1 = layers.Dense(hidden_dim, kernel_initializer=_init(initializer), name="fc1")
-        self.fc2 = layers.Dense(out_dim, kernel_initializer=_init(initializer), name="fc2")
-
-    def build(self, input_shape):
-        self.fc1.build(input_shape)
-        self.fc2.build((*input_shape[:-1], self.hidden_dim))
-
-    def call(self, x):
-        return self.fc2(_activation(self.activation)(self.fc1(x)))
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim,
-                "activation": self.activation, "initializer": self.initializer}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -271,7 +225,7 @@ class PrependClassToken(layers.Layer):
 
     def build(self, input_shape):
         self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
-                                         initializer=_init(self.initializer))
+                                         initializer=kernel_init(self.initializer))
 
     def call(self, x):
         cls_token = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim))
@@ -367,7 +321,7 @@ def build_cvt(config: CvTConfig, initializer: str = "random", name: str = "cvt",
     else:
         features = MeanTokens(name="pool")(norm(x))
     if c.num_classes > 0:
-        head = layers.Dense(c.num_classes, kernel_initializer=_init(initializer), name="head")
+        head = layers.Dense(c.num_classes, kernel_initializer=kernel_init(initializer), name="head")
         outputs = {"logits": head(features), **outputs}
     else:
         outputs = {"features": features, **outputs}

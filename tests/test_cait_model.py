@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from porting.cait import build_cait, exact_gelu
+from porting.cait import build_cait
+from porting.layers import exact_gelu
 from porting.mapping import load_mapping
 from porting.variants import CAIT_VARIANTS, get_variant
 
@@ -84,3 +85,17 @@ def test_variable_paths_are_mapping_targets(name):
     rules = load_mapping("cait.yaml").rules
     for w in model.weights:
         assert sum(bool(r.target_regex.match(w.path)) for r in rules) == 1, w.path
+
+
+def test_cait_keras_file_reloads_exactly_next_to_cvt(tmp_path):
+    """Both families live under one Keras package name: a CaiT file must reload as CaiT (exact
+    GELU) in a process that has also imported the CvT layers (QuickGELU by default)."""
+    import porting.cvt  # noqa: F401  (registers the CvT layers too)
+
+    model = build_cait(_small())
+    images = np.random.default_rng(1).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded(images)["logits"]),
+                                  keras.ops.convert_to_numpy(model(images)["logits"]))
