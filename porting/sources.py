@@ -143,9 +143,10 @@ def perturb_(model: torch.nn.Module, seed: int, query_key: str | None = None) ->
                 buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
 
 
-def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str, torch.Tensor],
-                      classifier: str, num_classes: int, origin: Origin,
-                      new_head: bool = False) -> dict[str, torch.Tensor]:
+def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str, num_classes: int,
+                      origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
+    """``state`` with its classifier fitted to ``num_classes``; ``new_model()`` builds the model
+    whose freshly initialised head replaces it (only when one is needed)."""
     head_keys = [k for k in state if k == classifier or k.startswith(classifier + ".")]
     weight = state.get(f"{classifier}.weight")
     if weight is None or weight.shape[0] == num_classes:
@@ -159,7 +160,7 @@ def _reset_classifier(state: dict[str, torch.Tensor], reference_state: dict[str,
             f"new N-class head for fine-tuning (0 for a feature extractor).")
     state = {k: v for k, v in state.items() if k not in head_keys}
     if num_classes > 0:
-        state.update({k: v for k, v in reference_state.items() if k.startswith(classifier + ".")})
+        state.update({k: v for k, v in new_model().state_dict().items() if k.startswith(classifier + ".")})
         origin.notes.append(f"classifier replaced: checkpoint has {weight.shape[0]} classes, port has "
                             f"{num_classes}; the new head is randomly initialised (for fine-tuning)")
     else:
@@ -192,10 +193,10 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
     the PyTorch model of ``spec`` (used for random weights and for a new classifier head).
     """
     torch.manual_seed(seed)
-    reference = build_reference(spec) if build_reference else None
     family = FAMILIES[spec.family]
     classifier = family.get("classifier", "head")
     if weights == "random":
+        reference = build_reference(spec)
         perturb_(reference, seed, family.get("perturb_query_key"))
         origin = Origin("random", f"random initialisation ({family['source_label']} init, perturbed), seed {seed}",
                         seed=seed)
@@ -209,9 +210,10 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
         if note:
             origin.notes.append(note)
     state = to_canonical_layout(spec, state, origin)
-    if reference is not None:
-        state = _reset_classifier(state, reference.state_dict(), classifier, spec.config.num_classes, origin,
-                                  new_head)
+    if build_reference is not None:
+        # the PyTorch model is built only if a new head is needed (seconds and GBs for cait_m48_448)
+        state = _reset_classifier(state, lambda: build_reference(spec), classifier, spec.config.num_classes,
+                                  origin, new_head)
     return state, origin
 
 
