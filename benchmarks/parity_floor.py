@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 from parity.compare import output_kind  # noqa: E402
 from parity.inputs import random_images, write_inputs  # noqa: E402
+from parity.outputs import load_outputs  # noqa: E402
 from parity.worker import run_worker  # noqa: E402
 from porting.variants import get_variant  # noqa: E402
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return load_outputs(path)
 
 
 def _worst(reference: dict, candidate: dict) -> dict[str, float]:
@@ -53,11 +53,11 @@ def measure(name: str, depth: int | None, work: Path, device: str = "cpu") -> di
     run_worker("parity.run_torch", {**job, "job": "source", "weights": "random", "out": str(source)}, work)
     outs = {}
     for dtype in ("float32", "float64"):
-        outs[dtype] = work / f"ref-{dtype}.npz"
+        outs[dtype] = work / f"ref-{dtype}"
         run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
                                         "out": str(outs[dtype]), "dtype": dtype, "intermediates": True}, work)
     for eps in (1e-6, 1e-5):
-        outs[eps] = work / f"keras-{eps}.npz"
+        outs[eps] = work / f"keras-{eps}"
         bad = spec.with_config(layer_norm_eps=eps)
         run_worker("parity.run_keras", {"spec": bad.to_dict(), "job": "convert", "source": str(source),
                                         "inputs": str(inputs), "outputs": str(outs[eps]),
@@ -66,7 +66,7 @@ def measure(name: str, depth: int | None, work: Path, device: str = "cpu") -> di
     keras, keras_bug = _load(outs[1e-6]), _load(outs[1e-5])
     device_rows = {}
     if device != "cpu":  # the GPU floor: PyTorch fp32 on the device (TF32 off) against fp64 on the CPU
-        out = work / "ref-device.npz"
+        out = work / "ref-device"
         run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
                                         "out": str(out), "device": device, "intermediates": True}, work)
         device_rows = {f"timm_fp32_{device}_vs_fp64_cpu": _worst(ref64, _load(out)),

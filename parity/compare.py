@@ -5,6 +5,7 @@ numpy only: the comparison runs in the orchestrating process, which loads no fra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,12 +55,15 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-x, axis=-1)[..., :k]
 
 
-def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], device: str = "cpu",
+def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], device: str = "cpu",
                     policy: dict | None = None) -> list[OutputComparison]:
-    """One comparison per reference output; a missing or misshaped output fails outright."""
+    """One comparison per reference output; a missing or misshaped output fails outright.
+
+    Values are read one output at a time (the mappings may be memory-mapped stores)."""
     policy = policy or load_policy()
     results = []
-    for name, ref in reference.items():
+    for name in reference:
+        ref = np.asarray(reference[name])
         tol = tolerance(policy, device, name)
         ref64 = ref.astype(np.float64)
         scale = float(np.abs(ref64).max()) or 1.0

@@ -5,9 +5,9 @@ The photographs ship inside the scikit-image wheel (``skimage/data/*.png|jpg``),
 download is needed. numpy only here (plus scikit-image for the photographs, PIL to resize): the
 orchestrator prepares them and every runtime process reads the same array.
 
-Every runtime process runs its inputs through ``run_on_inputs``: the seeded random batch
-with all outputs, and the photographs one at a time keeping only the head output (at
-448 px an m48 attention stack is 1.9 GB per image, so maps of photographs are not kept).
+Every runtime process runs its inputs through ``parity.outputs.run_on_inputs``: the seeded
+random batch with all outputs, and the photographs with the head output only (at 448 px an
+m48 attention stack is 1.9 GB per image, so maps of photographs are not kept).
 
 Preprocessing is implemented once, here, in numpy + PIL, and reproduces timm's evaluation
 transform (``timm.data.create_transform(**resolve_data_config(...))``: resize with PIL, centre
@@ -19,14 +19,12 @@ sees, ``normalize`` the float32 input. The parity photographs, ``vit-port eval``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 # RGB photographs bundled with scikit-image (skimage.data); grey and synthetic images left out.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
-PHOTO_PREFIX = "photos:"
 
 
 _PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -131,28 +129,3 @@ def write_parity_inputs(path: Path | str, images: np.ndarray, photos: np.ndarray
     if photos is not None:
         arrays.update(photos=photos, photo_names=np.asarray(photo_names or []))
     np.savez(path, **arrays)
-
-
-def read_photos(path: Path | str) -> np.ndarray | None:
-    with np.load(path) as data:
-        return data["photos"] if "photos" in data.files else None
-
-
-def run_on_inputs(run: Callable[[np.ndarray], dict[str, np.ndarray]], inputs_path: Path | str,
-                  head: str) -> dict[str, np.ndarray]:
-    """All outputs of ``run`` on the random batch, plus ``photos:<head>`` on the photographs."""
-    with np.load(inputs_path) as data:
-        images = data["images"]
-        photos = data["photos"] if "photos" in data.files else None
-    outputs = dict(run(images))
-    if photos is not None and len(photos):
-        heads = [np.asarray(run(photos[i:i + 1])[head]) for i in range(len(photos))]
-        outputs[PHOTO_PREFIX + head] = np.concatenate(heads)
-    return outputs
-
-
-def split_photo_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(outputs on the random batch, head outputs on the photographs keyed by head name)."""
-    main = {k: v for k, v in outputs.items() if not k.startswith(PHOTO_PREFIX)}
-    photos = {k[len(PHOTO_PREFIX):]: v for k, v in outputs.items() if k.startswith(PHOTO_PREFIX)}
-    return main, photos

@@ -62,15 +62,20 @@ def call_hf_image_classifier(model: torch.nn.Module, images_nchw: torch.Tensor) 
 
 
 class ModuleTaps:
-    """Records the output of the given modules (``{output name: module}``) while active."""
+    """Records the output of the given modules (``{output name: module}``) while active, or
+    hands each to ``sink(name, tensor)`` as it is produced (nothing kept)."""
 
-    def __init__(self, taps: dict[str, torch.nn.Module]):
+    def __init__(self, taps: dict[str, torch.nn.Module], sink=None):
         self.maps: dict[str, torch.Tensor] = {}
+        self._sink = sink
         self._handles = [module.register_forward_hook(self._hook(key)) for key, module in taps.items()]
 
     def _hook(self, key: str):
         def record(_module, _inputs, output):
-            self.maps[key] = output.detach()
+            if self._sink is not None:
+                self._sink(key, output.detach())
+            else:
+                self.maps[key] = output.detach()
         return record
 
     def remove(self) -> None:
@@ -80,17 +85,41 @@ class ModuleTaps:
 
 def run_reference(model: torch.nn.Module, images_nhwc: np.ndarray, taps: dict[str, torch.nn.Module],
                   call=call_timm, output_name: str = "logits", dtype: torch.dtype = torch.float32,
-                  device: str = "cpu") -> dict[str, np.ndarray]:
-    """The head output of ``call(model, images)`` on NHWC images and the output of every tap."""
-    recorder = ModuleTaps(taps)
+                  device: str = "cpu", names: list[str] | None = None, sink=None) -> dict[str, np.ndarray]:
+    """The head output of ``call(model, images)`` on NHWC images and the output of every tap
+    (of the taps in ``names`` only, when given: the others are not kept). With ``sink``, each
+    tap's output goes to ``sink(name, array)`` the moment it is computed and is not returned."""
+    if names is not None:
+        taps = {k: v for k, v in taps.items() if k in names}
+    recorder = ModuleTaps(taps, None if sink is None else lambda key, t: sink(key, t.float().cpu().numpy()))
     model = model.to(device=device, dtype=dtype)
     try:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).to(device, dtype)
             out = call(model, x)
-        result = {output_name: out.float().cpu().numpy()}
-        result.update({k: v.float().cpu().numpy() for k, v in recorder.maps.items()})
+        result = {output_name: out.float().cpu().numpy()} if names is None or output_name in names else {}
+        for key in list(recorder.maps):
+            result[key] = recorder.maps.pop(key).float().cpu().numpy()
         return result
+    finally:
+        recorder.remove()
+
+
+def reference_shapes(model: torch.nn.Module, taps: dict[str, torch.nn.Module], call, output_name: str,
+                     image_shape_nhwc: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """Per-image shape of the head output and of every tap, from a forward pass on fake tensors
+    (shapes only, no arithmetic, no memory): lets the reference split its outputs into calls
+    that fit the memory budget before computing any of them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    recorder = ModuleTaps(taps)
+    try:
+        h, w, c = image_shape_nhwc
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            out = call(model, torch.empty(1, c, h, w))
+            shapes = {output_name: tuple(out.shape[1:])}
+            shapes.update({k: tuple(v.shape[1:]) for k, v in recorder.maps.items()})
+        return shapes
     finally:
         recorder.remove()
 

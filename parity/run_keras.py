@@ -5,27 +5,38 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
-import numpy as np
-
-from parity.images import run_on_inputs
+from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
 from parity.worker import worker_main
 from porting.mapping import MappingError, MappingFileError, load_mapping
 from porting.variants import VariantSpec
 
 
+def _run_parity_inputs(runner, job: dict) -> dict:
+    """The runner on the parity inputs, into the job's output folder, within its memory budget."""
+    head = next(k for k in runner.model.output if k in ("logits", "features"))
+    return run_on_inputs(runner, job["inputs"], head, OutputStore(job["outputs"]),
+                         static_shapes(runner.output_shapes()), job.get("budget_mb", DEFAULT_BUDGET_MB))
+
+
 def job_convert(job: dict) -> dict:
-    """Build, assign, run eagerly, and write the round-trip safetensors (the mapping backwards)."""
+    """Build, assign, run eagerly, and write the round-trip safetensors (the mapping backwards).
+
+    Memory: the source is read one tensor at a time and each is released once assigned; the
+    round-trip file is written tensor by tensor; so the process holds about one copy of the
+    weights (the model's) plus one tensor.
+    """
     import keras
 
     from porting.convert import (
+        KerasRunner,
         build_keras_model,
         convert_weights,
         export_state_dict,
         family_mapping,
         read_safetensors,
-        run_keras,
         write_safetensors,
     )
 
@@ -33,7 +44,7 @@ def job_convert(job: dict) -> dict:
     timings = {}
     mapping = load_mapping(job["mapping"]) if job.get("mapping") else family_mapping(spec)
     t = time.perf_counter()
-    state = read_safetensors(job["source"])
+    state = read_safetensors(job["source"], lazy=True)
     timings["read_source"] = time.perf_counter() - t
     t = time.perf_counter()
     model = build_keras_model(spec, initializer="zeros", intermediates=True)
@@ -43,12 +54,10 @@ def job_convert(job: dict) -> dict:
     del state
     timings["assign"] = time.perf_counter() - t
     t = time.perf_counter()
-    head = next(k for k in model.output if k in ("logits", "features"))
-    outputs = run_on_inputs(lambda images: run_keras(model, images), job["inputs"], head)
-    np.savez(job["outputs"], **outputs)
+    calls = _run_parity_inputs(KerasRunner(model), job)
     timings["run_eager"] = time.perf_counter() - t
     t = time.perf_counter()
-    write_safetensors(export_state_dict(model, mapping), job["safetensors_out"], metadata={"format": "pt"})
+    write_safetensors(export_state_dict(model, mapping, lazy=True), job["safetensors_out"], metadata={"format": "pt"})
     timings["write_safetensors"] = time.perf_counter() - t
     exports = {}
     if job.get("saved_model_out"):
@@ -64,7 +73,7 @@ def job_convert(job: dict) -> dict:
         exports["keras"] = write_keras_file(model, job["keras_out"])
         timings["write_keras"] = time.perf_counter() - t
     return {"assigned": assigned, "timings": timings, "keras": keras.__version__,
-            "backend": keras.backend.backend(),
+            "backend": keras.backend.backend(), "calls": calls,
             "output_order": list(model.output.keys()),
             "weight_paths": [w.path for w in model.weights], "exports": exports}
 
@@ -106,26 +115,23 @@ def job_run_file(job: dict) -> dict:
     # registers the family's serializable layers (package vit_porting)
     spec = VariantSpec.from_dict(job["spec"])
     __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])
-    from porting.convert import run_keras
+    from porting.convert import KerasRunner
 
     model = keras.saving.load_model(job["model"], compile=False)
-    head = next(k for k in model.output if k in ("logits", "features"))
     info: dict = {"keras": keras.__version__, "backend": keras.backend.backend(), **backend_device(),
                   "output_order": list(model.output.keys()), "weight_paths": [w.path for w in model.weights]}
     if not job.get("compiled"):
-        outputs = run_on_inputs(lambda images: run_keras(model, images), job["inputs"], head)
+        info["calls"] = _run_parity_inputs(KerasRunner(model), job)
         info["mode"] = "eager"
     else:
         try:
-            model.compile(jit_compile=True)
-            outputs = run_on_inputs(lambda images: run_keras(model, images, compiled=True), job["inputs"], head)
+            info["calls"] = _run_parity_inputs(KerasRunner(model, compiled=True, jit_compile=True), job)
             info["mode"] = "xla"
         except Exception as exc:  # XLA cannot compile some graphs/devices: fall back, say so
-            model.compile(jit_compile=False)
-            outputs = run_on_inputs(lambda images: run_keras(model, images, compiled=True), job["inputs"], head)
+            shutil.rmtree(job["outputs"], ignore_errors=True)
+            info["calls"] = _run_parity_inputs(KerasRunner(model, compiled=True), job)
             info["mode"] = "tf.function"
             info["xla_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    np.savez(job["outputs"], **outputs)
     return info
 
 

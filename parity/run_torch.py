@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from parity.images import run_on_inputs
+from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from parity.worker import worker_main
-from porting.sources import CheckpointError, load_checkpoint, resolve_weights
+from porting.sources import CheckpointError, open_checkpoint, resolve_weights
 from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
@@ -19,13 +19,21 @@ def _spec(job: dict) -> VariantSpec:
 
 
 def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
-    model = load_symbol(spec.family, "torch_reference")(spec)
-    state = load_checkpoint(source)
+    """The source model holding the weights of ``source`` (strict), built without a random init:
+    on the meta device, with the checkpoint's tensors assigned as its parameters, so the
+    weights are in memory once (unless the model has state no checkpoint carries)."""
+    builder = load_symbol(spec.family, "torch_reference")
+    with torch.device("meta"):
+        model = builder(spec)
+    state = open_checkpoint(source)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: does not load into the PyTorch {spec.name}: {exc}") from None
-    return model
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # non-persistent buffers
+        model = builder(spec)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def job_source(job: dict) -> dict:
@@ -34,8 +42,6 @@ def job_source(job: dict) -> dict:
     The mapping's declarative renames (e.g. a 'module.' prefix) are applied here, so that the
     reference, the converter and the round trip all read the same keys.
     """
-    from safetensors.torch import save_file
-
     from porting.mapping import load_mapping
 
     spec = _spec(job)
@@ -49,9 +55,21 @@ def job_source(job: dict) -> dict:
         if new in renamed:
             raise CheckpointError(f"{origin.description}: two keys become {new!r} after the mapping's renames")
         renamed[new] = value
-    save_file({k: v.contiguous() for k, v in renamed.items()}, job["out"])
+    _save(renamed, job["out"])
     return {"origin": origin.to_dict(), "num_tensors": len(renamed),
             "num_params": int(sum(v.numel() for v in renamed.values()))}
+
+
+def _save(state: dict[str, torch.Tensor], path: str) -> None:
+    """Streamed (one tensor's bytes at a time) where numpy holds the dtypes, else safetensors'."""
+    from porting.tensor_io import UnsupportedDtype, write_safetensors
+
+    try:
+        write_safetensors({k: v.detach().contiguous().numpy() for k, v in state.items()}, path)
+    except (UnsupportedDtype, TypeError):  # bfloat16 has no numpy dtype
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
 
 
 def job_reference(job: dict) -> dict:
@@ -63,20 +81,25 @@ def job_reference(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
     dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
     model = _reference_model(spec, job["source"])
-    from parity.references import run_reference
+    from parity.references import reference_shapes, run_reference
 
     # the modules whose outputs are the attention maps (and block outputs), and how to call the model
     taps = load_symbol(spec.family, "torch_taps")(model, job.get("intermediates", False))
     call = load_symbol(spec.family, "torch_call")
     output_name = "logits" if spec.config.num_classes > 0 else "features"
 
-    def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return run_reference(model, images, taps, call, output_name, dtype=dtype, device=device)
+    def run(images: np.ndarray, names: list[str] | None = None, sink=None) -> dict[str, np.ndarray]:
+        return run_reference(model, images, taps, call, output_name, dtype=dtype, device=device, names=names,
+                             sink=sink)
 
     # the seeded batch (every output) and the sample photographs (head output), if present
-    outputs = run_on_inputs(run, job["inputs"], output_name)
-    np.savez(job["out"], **outputs)
-    info = {"device": device, "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+    with np.load(job["inputs"]) as data:
+        image_shape = data["images"].shape[1:]
+    shapes = reference_shapes(model, taps, call, output_name, image_shape)
+    calls = run_on_inputs(run, job["inputs"], output_name, OutputStore(job["out"]), shapes,
+                          job.get("budget_mb", DEFAULT_BUDGET_MB), streams=True)
+    info = {"device": device, "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+            "calls": calls}
     if device.startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
@@ -90,7 +113,7 @@ def job_roundtrip(job: dict) -> dict:
 
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
-    source = load_checkpoint(job["source"])
+    source = open_checkpoint(job["source"])  # one tensor at a time
     loaded = model.state_dict()
     dropped = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"]).dropped(source)
     mismatched = [k for k in source

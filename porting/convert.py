@@ -13,7 +13,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from porting import tensor_io
 from porting.mapping import MappingSpec, load_mapping
+from porting.tensor_io import LazyArray, SafetensorsReader
 from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
@@ -60,28 +62,110 @@ def convert_weights(model: keras.Model, state_dict: Mapping[str, np.ndarray], ma
     return count
 
 
-def keras_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    return {path: keras.ops.convert_to_numpy(v) for path, v in variables_by_path(model).items()}
+def keras_weights(model: keras.Model, lazy: bool = False) -> dict[str, np.ndarray | LazyArray]:
+    """Each variable as numpy; ``lazy``: read only when the consumer asks (one at a time)."""
+    variables = variables_by_path(model)
+    if lazy:
+        return {path: LazyArray(tuple(v.shape), np.dtype(v.dtype), lambda v=v: keras.ops.convert_to_numpy(v))
+                for path, v in variables.items()}
+    return {path: keras.ops.convert_to_numpy(v) for path, v in variables.items()}
 
 
-def export_state_dict(model: keras.Model, mapping: MappingSpec) -> dict[str, np.ndarray]:
+def export_state_dict(model: keras.Model, mapping: MappingSpec, lazy: bool = False) -> dict:
     """The mapping run backwards: the model's weights in the source's key layout."""
-    return mapping.backward(keras_weights(model))
+    return mapping.backward(keras_weights(model, lazy=lazy))
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def read_safetensors(path: str | Path, lazy: bool = False) -> Mapping[str, np.ndarray]:
+    """A safetensors file as numpy; ``lazy``: ``LazyArray`` values read one at a time on demand."""
+    reader = SafetensorsReader(path)
+    return reader.lazy() if lazy else dict(reader.items())
 
-    return load_file(str(path))
+
+def write_safetensors(tensors: Mapping[str, np.ndarray | LazyArray], path: str | Path,
+                      metadata: dict | None = None) -> None:
+    """Streamed: one tensor in memory at a time (``porting/tensor_io.py``)."""
+    tensor_io.write_safetensors(tensors, path, metadata)
 
 
-def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | Path, metadata: dict | None = None) -> None:
-    from safetensors.numpy import save_file
+def call_functional(model: keras.Model, images, names: list[str] | None = None) -> dict:
+    """``model(images, training=False)`` op by op, the way Keras' functional call runs it, but
+    keeping only the outputs named and dropping every other tensor after its last use.
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    Keras' own eager call keeps every layer's output until it returns: for cait_m48_448 that
+    is all 50 attention maps (1.9 GB per image) whichever outputs are wanted. The same
+    operations run in the same order on the same values (tests check the results are
+    identical to ``model(images)``); only the bookkeeping differs. Uses Keras' graph
+    internals (``_nodes_by_depth``, ``node.arguments``), pinned with Keras in pyproject.toml.
+    """
+    from keras import tree
+    from keras.src.models.functional import operation_fn
+
+    outputs = model.output if isinstance(model.output, dict) else {"output": model.output}
+    wanted = {id(outputs[n]): n for n in (names if names is not None else list(outputs))}
+    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]
+             if node.operation is not None and not node.is_input]
+    last_use: dict[int, int] = {}
+    for i, node in enumerate(nodes):
+        for x in node.input_tensors:
+            last_use[id(x)] = i
+    values = {id(x): y for x, y in zip(model.inputs, tree.flatten(model._standardize_inputs(images)), strict=True)}
+    result = {}
+    for i, node in enumerate(nodes):
+        args, kwargs = node.arguments.fill_in(values)
+        produced = operation_fn(model._get_operation_for_node(node), training=False)(*args, **kwargs)
+        for x, y in zip(node.outputs, tree.flatten(produced), strict=True):
+            if id(x) in wanted:
+                result[wanted[id(x)]] = y
+            if last_use.get(id(x), -1) > i:
+                values[id(x)] = y
+        for x in node.input_tensors:
+            if last_use[id(x)] == i:
+                values.pop(id(x), None)
+        del produced, args, kwargs
+    missing = set(wanted.values()) - set(result)
+    if missing:
+        raise RuntimeError(f"{model.name}: outputs {sorted(missing)} were not produced by its graph")
+    return result
+
+
+class KerasRunner:
+    """Runs a Keras model for all or some of its outputs, as numpy: eagerly, or compiled
+    (``predict_on_batch`` of a submodel per subset of outputs, sharing the model's layers and
+    weights, compiled with ``jit_compile``; XLA frees what the subset does not need)."""
+
+    def __init__(self, model: keras.Model, compiled: bool = False, jit_compile: bool = False):
+        self.model, self.compiled, self.jit_compile = model, compiled, jit_compile
+        self._submodels: dict[tuple[str, ...], keras.Model] = {}
+
+    def output_shapes(self) -> dict[str, tuple]:
+        """Each output's shape for one image, with the batch axis (1); a layer that reshapes
+        with -1 leaves axes unknown on the symbolic outputs, so they are worked out by tracing
+        the model on a one-image spec (no arithmetic)."""
+        shapes = {name: tuple(t.shape) for name, t in self.model.output.items()}
+        if all(d is not None for shape in shapes.values() for d in shape[1:]):
+            return shapes
+        spec = self.model.compute_output_spec(keras.KerasTensor((1, *self.model.input.shape[1:])))
+        return {name: tuple(spec[name].shape) for name in shapes}
+
+    def _submodel(self, names: list[str] | None) -> keras.Model:
+        key = tuple(names) if names is not None else tuple(self.model.output)
+        if key not in self._submodels:
+            sub = (self.model if key == tuple(self.model.output)
+                   else keras.Model(self.model.input, {n: self.model.output[n] for n in key}, name=self.model.name))
+            sub.compile(jit_compile=self.jit_compile)
+            self._submodels[key] = sub
+        return self._submodels[key]
+
+    def __call__(self, images: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        if self.compiled:
+            outputs = self._submodel(names).predict_on_batch(images)
+        else:
+            outputs = call_functional(self.model, images, names)
+        return {k: keras.ops.convert_to_numpy(outputs.pop(k)) for k in list(outputs)}
 
 
 def run_keras(model: keras.Model, images: np.ndarray, compiled: bool = False) -> dict[str, np.ndarray]:
-    """Outputs of ``model`` on NHWC ``images`` as numpy (eager call, or ``predict_on_batch``)."""
+    """Every output of ``model`` on NHWC ``images`` as numpy (eager call, or ``predict_on_batch``)."""
     outputs = model.predict_on_batch(images) if compiled else model(images, training=False)
     return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}

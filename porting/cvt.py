@@ -41,6 +41,15 @@ def _pad(x, padding: int):
     return ops.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
+def _tokens(grid, channels: int):
+    """(B, H, W, C) -> (B, H * W, C). With H and W static the token count stays in the graph's
+    shapes, so the SavedModel signature and the parity planner see every output's size."""
+    height, width = grid.shape[1], grid.shape[2]
+    if height is None or width is None:
+        return ops.reshape(grid, (ops.shape(grid)[0], -1, channels))
+    return ops.reshape(grid, (-1, height * width, channels))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ConvEmbedding(layers.Layer):
     """Convolutional token embedding: zero-pad, strided convolution, LayerNorm over channels.
@@ -66,7 +75,7 @@ class ConvEmbedding(layers.Layer):
 
     def call(self, grid):
         x = self.proj(_pad(grid, self.padding))
-        return self.norm(ops.reshape(x, (ops.shape(x)[0], -1, self.embed_dim)))
+        return self.norm(_tokens(x, self.embed_dim))
 
     def get_config(self):
         return {**super().get_config(), "embed_dim": self.embed_dim, "patch_size": self.patch_size,
@@ -97,7 +106,7 @@ class ConvProjection(layers.Layer):
 
     def call(self, grid, training=None):
         x = self.bn(self.conv(_pad(grid, self.padding)), training=training)
-        return ops.reshape(x, (ops.shape(x)[0], -1, self.dim))
+        return _tokens(x, self.dim)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "kernel_size": self.kernel_size, "stride": self.stride,
@@ -146,14 +155,15 @@ class ConvAttention(layers.Layer):
             dense.build((None, None, self.dim))
 
     def _heads(self, x):
-        x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
+        x = ops.reshape(x, (-1, x.shape[1], self.num_heads, self.head_dim) if x.shape[1] is not None
+                        else (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
         return ops.transpose(x, (0, 2, 1, 3))
 
     def call(self, x, training=None):
         height, width = self.grid_size
         if self.with_cls_token:
             cls_token, x = x[:, :1], x[:, 1:]
-        grid = ops.reshape(x, (ops.shape(x)[0], height, width, self.dim))
+        grid = ops.reshape(x, (-1, height, width, self.dim))
         q = self.conv_proj_q(grid, training=training)
         k = self.conv_proj_k(grid, training=training)
         v = self.conv_proj_v(grid, training=training)
@@ -162,7 +172,8 @@ class ConvAttention(layers.Layer):
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
         attn = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale, axis=-1)
         out = ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3))  # (B, Nq, heads, head_dim)
-        out = ops.reshape(out, (ops.shape(out)[0], -1, self.dim))
+        out = ops.reshape(out, (-1, out.shape[1], self.dim) if out.shape[1] is not None
+                          else (ops.shape(out)[0], -1, self.dim))
         return self.proj(out), attn
 
     def get_config(self):
@@ -249,7 +260,7 @@ class TokensToGrid(layers.Layer):
     def call(self, x):
         height, width = self.grid_size
         tokens = x[:, 1:] if self.with_cls_token else x
-        grid = ops.reshape(tokens, (ops.shape(x)[0], height, width, ops.shape(x)[-1]))
+        grid = ops.reshape(tokens, (-1, height, width, x.shape[-1]))
         return (x[:, :1], grid) if self.with_cls_token else grid
 
     def get_config(self):

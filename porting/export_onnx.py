@@ -74,10 +74,22 @@ def export_onnx(model: torch.nn.Module, family: str, path: Path | str, image_siz
     example = torch.randn(2, image_size, image_size, in_channels)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
-        program = torch.onnx.export(wrapper, (example,), None, input_names=["images"], output_names=names,
-                                    dynamo=True, dynamic_shapes={"images": {0: batch}}, opset_version=opset,
-                                    optimize=True, verbose=False)
-    program.save(str(path), external_data=external)
+        # torch.export first, then ONNX from the ExportedProgram: the same graph, but a third of
+        # the peak memory of handing the module to torch.onnx.export (measured on cait_m48_448
+        # at depth 24: 1.6 GB against 3.8 GB for 0.73 GB of weights)
+        exported = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
+        program = torch.onnx.export(exported, (example,), None, input_names=["images"], output_names=names,
+                                    dynamo=True, opset_version=opset, optimize=True, verbose=False)
+    if external:
+        # onnx_ir writes external data with up to 1 GB of tensor bytes in flight across threads
+        # (ONNXProgram.save's default): 1.2 GB over the weights at cait_m48_448 depth 12. One
+        # tensor at a time costs a few seconds and no memory.
+        import onnx_ir as ir
+
+        ir.save(program.model, str(path), external_data=f"{Path(path).name}.data", max_workers=1,
+                max_in_flight_bytes=64 << 20)
+    else:
+        program.save(str(path), external_data=False)
     path = Path(path)
     files = [p.name for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.name + ".")]
     return {"opset": opset, "outputs": names, "external_data": external, "weight_bytes": weight_bytes,

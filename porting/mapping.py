@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from porting.tensor_io import LazyArray
 from porting.transforms import TRANSFORMS, get_transform
 
 MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
@@ -378,7 +379,8 @@ class MappingSpec:
     def backward(self, keras_weights: MappingABC[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Keras weights back to the source's key layout, strict in the same way.
 
-        Keys are produced in their renamed form (the canonical layout, e.g. timm's).
+        Keys are produced in their renamed form (the canonical layout, e.g. timm's). Lazy
+        weights (``LazyArray``) give lazy results, so a 1.4 GB model is written tensor by tensor.
         """
         error = MappingError(self.path, source_name="Keras weights")
         out: dict[str, np.ndarray] = {}
@@ -394,7 +396,12 @@ class MappingSpec:
             rule, key = hits[0]
             if key in out:
                 error.assigned_twice[key] = [path]
-            out[key] = np.ascontiguousarray(get_transform(rule.transform).inverse(np.asarray(value)))
+            inverse = get_transform(rule.transform).inverse
+            if isinstance(value, LazyArray):  # stays lazy: a streaming writer reads one tensor at a time
+                out[key] = LazyArray(_transformed_shape(value.shape, rule.transform, inverse=True), value.dtype,
+                                     lambda v=value, f=inverse: np.ascontiguousarray(f(np.asarray(v))))
+            else:
+                out[key] = np.ascontiguousarray(inverse(np.asarray(value)))
         if error:
             raise error
         for drop in self.drops:
@@ -421,9 +428,10 @@ class MappingSpec:
         return [rule for rule in self.rules if any(rule.target_regex.match(p) for p in target_paths)]
 
 
-def _transformed_shape(shape: tuple, transform: str) -> tuple:
+def _transformed_shape(shape: tuple, transform: str, inverse: bool = False) -> tuple:
     probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
-    return tuple(get_transform(transform).forward(probe).shape)
+    fn = get_transform(transform).inverse if inverse else get_transform(transform).forward
+    return tuple(fn(probe).shape)
 
 
 class RenameError(ValueError):

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from parity.compare import compare_outputs, first_divergent_block, load_policy
-from parity.images import sample_photos, split_photo_outputs, write_parity_inputs
+from parity.images import sample_photos, write_parity_inputs
 from parity.inputs import random_images
+from parity.outputs import DEFAULT_BUDGET_MB, OutputsView, read_outputs, split_photo_outputs
 from parity.report import runtime_summary, write_reports
 from parity.worker import WorkerError, run_worker
 from porting.card import write_card
@@ -50,6 +51,7 @@ class PortOptions:
     photos: bool = True  # also compare on scikit-image's sample photographs (top-1/top-5 agreement)
     new_head: bool = False  # the class count was asked for: replace a checkpoint head of another size
     backends: tuple[str, ...] = ("tensorflow",)  # Keras backends to run model.keras on (each its own process)
+    output_budget_mb: float = DEFAULT_BUDGET_MB  # outputs a runtime holds at once (parity/outputs.py)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -71,11 +73,6 @@ class _Steps:
         return result
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
 def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, weight_paths: list[str]) -> dict | None:
     """The mapping rules feeding the first diverging block (for the report)."""
     if block is None:
@@ -89,11 +86,11 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
 
 @dataclass
 class RuntimeRun:
-    """One runtime's outputs on the parity inputs (or the .npz file holding them), and what it
+    """One runtime's outputs on the parity inputs (or the folder holding them), and what it
     said about itself.
 
-    Runs keep the file, not the arrays: at 448 px one image's attention maps are 1.9 GB, so the
-    report loads one runtime's outputs at a time, compares them and lets them go.
+    Runs keep the folder, not the arrays: at 448 px one image's attention maps are 1.9 GB, so the
+    report reads one output at a time (``parity/outputs.py``), compares it and lets it go.
     """
 
     runtime: str
@@ -101,8 +98,8 @@ class RuntimeRun:
     outputs: dict[str, np.ndarray] | Path
     info: dict = field(default_factory=dict)
 
-    def load(self) -> dict[str, np.ndarray]:
-        return _load_npz(self.outputs) if isinstance(self.outputs, Path) else self.outputs
+    def load(self) -> Mapping[str, np.ndarray]:
+        return read_outputs(self.outputs) if isinstance(self.outputs, Path) else self.outputs
 
 
 # what each runtime loads (shown in the report)
@@ -136,7 +133,7 @@ def backend_missing(backend: str) -> str | None:
         return f"the {backend} backend needs the {module} package, which is not installed{extra}"
     return None
 # worker result keys worth keeping in the report
-_INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs", "backend")
+_INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs", "backend", "calls")
 
 
 def _photo_summary(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], device: str,
@@ -164,13 +161,13 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
     policy = load_policy()
     if isinstance(runtimes, dict):
         runtimes = [RuntimeRun(name, device, outputs) for name, outputs in runtimes.items()]
-    references = reference if all(isinstance(v, dict) for v in reference.values()) else {device: reference}
+    references = reference if all(isinstance(v, Mapping) for v in reference.values()) else {device: reference}
     summaries = []
     for run in runtimes:
         # a backend that found a GPU the PyTorch reference did not see is held to the CPU reference
         ref_main, ref_photos = split_photo_outputs(references.get(run.device, references["cpu"]))
         main, photos = split_photo_outputs(run.load())
-        ref_main = {k: v for k, v in ref_main.items() if k in main or not k.endswith("_out")}
+        ref_main = OutputsView(ref_main, {k: k for k in ref_main if k in main or not k.endswith("_out")})
         comparisons = compare_outputs(ref_main, main, run.device, policy)
         summary = runtime_summary(run.runtime, run.device, comparisons)
         summary["loads"] = RUNTIME_SOURCES.get(run.runtime, "")
@@ -233,16 +230,17 @@ def _describe_inputs(described: dict) -> str:
 
 def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: Path, steps: _Steps,
                            log: Callable[[str], None], devices: dict,
-                           backends: tuple[str, ...] = ("tensorflow",)) -> tuple[list[RuntimeRun], dict]:
+                           backends: tuple[str, ...] = ("tensorflow",),
+                           budget_mb: float = DEFAULT_BUDGET_MB) -> tuple[list[RuntimeRun], dict]:
     """Each artifact loaded from disk in its own process: .keras (compiled and eager),
     SavedModel, ONNX Runtime on CPU; ONNX Runtime on CUDA when the machine has one; and
     model.keras on each other Keras backend asked for (the backend is fixed at import, so
     each gets its own process; one whose package is missing is skipped, and the report says why)."""
-    job = {"spec": spec.to_dict(), "inputs": str(inputs)}
+    job = {"spec": spec.to_dict(), "inputs": str(inputs), "budget_mb": budget_mb}
     runs, meta = [], {}
 
     def out(name: str) -> str:
-        return str(work / f"{name}.npz")
+        return str(work / name)
 
     r = steps.run("running keras_compiled (model.keras, jit_compile)", lambda: run_worker(
         "parity.run_keras", {**job, "job": "run_file", "model": str(folder / "model.keras"), "compiled": True,
@@ -292,18 +290,18 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
 
 
 def _run_references(spec: VariantSpec, weights: Path, inputs: Path, work: Path, steps: _Steps,
-                    label: str) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+                    label: str, budget_mb: float = DEFAULT_BUDGET_MB) -> tuple[dict[str, Mapping], dict]:
     """PyTorch fp32 reference on the CPU, and on CUDA (TF32 off) when there is one."""
     job = {"spec": spec.to_dict(), "job": "reference", "source": str(weights), "inputs": str(inputs),
-           "intermediates": True}
+           "intermediates": True, "budget_mb": budget_mb}
     cpu = steps.run(f"running the PyTorch reference{label}", lambda: run_worker(
-        "parity.run_torch", {**job, "out": str(work / "reference.npz")}, work))
-    references = {"cpu": _load_npz(work / "reference.npz")}
+        "parity.run_torch", {**job, "out": str(work / "reference")}, work))
+    references = {"cpu": read_outputs(work / "reference")}
     devices = {"cpu": True, "cuda": bool(cpu.get("cuda_available"))}
     if devices["cuda"]:
         gpu = steps.run("running the PyTorch reference on CUDA (TF32 off)", lambda: run_worker(
-            "parity.run_torch", {**job, "device": "cuda", "out": str(work / "reference_cuda.npz")}, work))
-        references["cuda"] = _load_npz(work / "reference_cuda.npz")
+            "parity.run_torch", {**job, "device": "cuda", "out": str(work / "reference_cuda")}, work))
+        references["cuda"] = read_outputs(work / "reference_cuda")
         devices["cuda_device_name"] = gpu.get("device_name")
     return references, devices
 
@@ -345,18 +343,19 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         conv = steps.run("converting to Keras, running it" + (", writing SavedModel and model.keras"
                                                               if options.exports else ""), lambda: run_worker(
             "parity.run_keras", {**job, "job": "convert", "source": str(source), "inputs": str(inputs),
-                                 "outputs": str(work / "keras_eager.npz"), "mapping": options.mapping,
+                                 "outputs": str(work / "keras_eager"), "mapping": options.mapping,
+                                 "budget_mb": options.output_budget_mb,
                                  "source_name": origin["description"],
                                  "safetensors_out": str(tmp / "model.safetensors"), **exports}, work))
         if conv.get("exports", {}).get("saved_model"):
             sm = conv["exports"]["saved_model"]
             log(f"      saved_model/ {sm['bytes'] / 1e6:.1f} MB = {sm['size_ratio']:.3f}x the weight bytes")
-        references, devices = _run_references(spec, source, inputs, work, steps, "")
+        references, devices = _run_references(spec, source, inputs, work, steps, "", options.output_budget_mb)
         steps.total += (2 if options.exports else 1) if devices["cuda"] else 0
         roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
             "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
                                  "candidate": str(tmp / "model.safetensors")}, work))
-        runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager.npz", conv)]
+        runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager", conv)]
         meta: dict = {}
         if options.exports:
             onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
@@ -364,14 +363,16 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
                                      "out": str(tmp / "model.onnx")}, work))
             log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
                 + (" (external data)" if onnx["external_data"] else ""))
-            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends)
+            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends,
+                                                options.output_budget_mb)
             runs += more
             meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
                                                           if k not in ("ok", "peak_rss_mb", "seconds")}}
         extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors", "mismatched",
                                                           "not_compared", "not_compared_reasons") if k in roundtrip},
                  "devices": devices, "inputs_detail": described, "mapping": options.mapping,
-                 "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos},
+                 "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos,
+                             "output_budget_mb": options.output_budget_mb},
                  **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
         report = steps.run("comparing outputs", lambda: build_report(
             spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
@@ -409,7 +410,8 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
     origin = config.pop("origin")
     spec = VariantSpec.from_dict(config)
     previous = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").exists() else {}
-    settings = {"batch": 2, "input_seed": 0, "photos": True, **previous.get("options", {})}
+    settings = {"batch": 2, "input_seed": 0, "photos": True, "output_budget_mb": DEFAULT_BUDGET_MB,
+                **previous.get("options", {})}
     missing = [n for n in ("model.safetensors", "model.keras", "saved_model", "model.onnx")
                if not (folder / n).exists()]
     if missing:
@@ -423,9 +425,10 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
         inputs = work / "inputs.npz"
         described = _write_inputs(inputs, spec, settings["batch"], settings["input_seed"], settings["photos"])
         references, devices = _run_references(spec, folder / "model.safetensors", inputs, work, steps,
-                                              " on model.safetensors")
+                                              " on model.safetensors", settings["output_budget_mb"])
         steps.total += 2 if devices["cuda"] else 0
-        runs, meta = _run_artifact_runtimes(spec, folder, inputs, work, steps, log, devices, backends)
+        runs, meta = _run_artifact_runtimes(spec, folder, inputs, work, steps, log, devices, backends,
+                                            settings["output_budget_mb"])
         extra = {"devices": devices, "inputs_detail": described, "mapping": previous.get("mapping"),
                  "options": settings, "recheck": True,
                  **{k: previous[k] for k in ("roundtrip", "exports") if k in previous},

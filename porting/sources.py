@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,40 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); "
                               "it may be truncated or corrupt") from None
     return _unwrap(obj, path)
+
+
+class _TorchSafetensors(MappingABC):
+    """A safetensors file as ``{key: torch.Tensor}``, each tensor read when asked for (no memory
+    map, so reading every tensor once does not leave the whole file in the resident set)."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(self._reader[key])
+
+    def __iter__(self):
+        return iter(self._reader)
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+
+def open_checkpoint(path: str | Path) -> MappingABC[str, torch.Tensor]:
+    """Like ``load_checkpoint``, but a ``.safetensors`` file whose dtypes numpy holds is read a
+    tensor at a time (``porting/tensor_io.py``): for the toolkit's own 1.4 GB intermediates."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from porting.tensor_io import SafetensorsReader, UnsupportedDtype
+
+        try:
+            reader = SafetensorsReader(path)
+            for key in reader:
+                reader.dtype(key)
+            return _TorchSafetensors(reader)
+        except (UnsupportedDtype, ValueError, KeyError):
+            pass  # bfloat16 or a damaged file: load_checkpoint reads it or says what is wrong
+    return load_checkpoint(path)
 
 
 def perturb_(model: torch.nn.Module, seed: int, query_key: str | None = None) -> None:
@@ -200,7 +235,8 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
         perturb_(reference, seed, family.get("perturb_query_key"))
         origin = Origin("random", f"random initialisation ({family['source_label']} init, perturbed), seed {seed}",
                         seed=seed)
-        return {k: v.detach().clone() for k, v in reference.state_dict().items()}, origin
+        # the model's own tensors, not copies: the model is dropped on return (1.4 GB for m48)
+        return {k: v.detach() for k, v in reference.state_dict().items()}, origin
     if weights == "pretrained":
         state, origin = _load_pretrained(spec)
     else:

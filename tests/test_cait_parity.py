@@ -13,6 +13,7 @@ import pytest
 
 from parity.compare import compare_outputs, load_policy
 from parity.inputs import random_images, write_inputs
+from parity.outputs import read_outputs
 from porting.pipeline import PortError, PortOptions, port
 from porting.variants import CAIT_VARIANTS, get_variant
 
@@ -113,16 +114,14 @@ def test_policy_catches_a_layer_norm_eps_bug(tmp_path):
     source = tmp_path / "source.safetensors"
     run_torch_job({"job": "source", "spec": spec.to_dict(), "weights": "random", "out": str(source)}, tmp_path)
     run_torch_job({"job": "reference", "spec": spec.to_dict(), "source": str(source), "inputs": str(inputs),
-                   "out": str(tmp_path / "ref.npz")}, tmp_path)
+                   "out": str(tmp_path / "ref")}, tmp_path)
     results = {}
     for eps in (1e-6, 1e-5):
-        out = tmp_path / f"keras-{eps}.npz"
+        out = tmp_path / f"keras-{eps}"
         run_keras_job({"job": "convert", "spec": spec.with_config(layer_norm_eps=eps).to_dict(),
                        "source": str(source), "inputs": str(inputs), "outputs": str(out),
                        "safetensors_out": str(tmp_path / "rt.safetensors")}, tmp_path)
-        ref, cand = np.load(tmp_path / "ref.npz"), np.load(out)
-        results[eps] = {c.output: c for c in compare_outputs({k: ref[k] for k in ref.files},
-                                                             {k: cand[k] for k in cand.files})}
+        results[eps] = {c.output: c for c in compare_outputs(read_outputs(tmp_path / "ref"), read_outputs(out))}
     assert all(c.passed for c in results[1e-6].values())
     assert not results[1e-5]["logits"].passed, results[1e-5]["logits"]
 
