@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 port: $(STAMP)
 	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
 		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) \
-		$(if $(BACKENDS),--backends $(BACKENDS)) $(PORT_ARGS)
+		$(if $(BACKENDS),--backends $(BACKENDS)) $(if $(OUTPUT_BUDGET_MB),--output-budget-mb $(OUTPUT_BUDGET_MB)) \
+		$(PORT_ARGS)
 
 parity: $(STAMP)
 	$(PY) -m porting.cli parity $(VARIANT) $(if $(BACKENDS),--backends $(BACKENDS)) $(PARITY_ARGS)

@@ -76,6 +76,62 @@ def job_flops(job: dict) -> dict:
     return {"flops_per_image": int(counter.get_total_flops())}
 
 
+def job_gemm_shapes(job: dict) -> dict:
+    """Every matrix product of one image through the reference, as PyTorch dispatches it
+    (aten mm / addmm / bmm / baddbmm), recorded on the meta device: no weights, no arithmetic.
+    Fused attention is switched off (the taps do it), so attention's two products are seen."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from porting.variants import VariantSpec, load_symbol
+
+    aten = torch.ops.aten
+    spec = VariantSpec.from_dict(job["spec"])
+    products: dict[tuple, int] = {}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            packet = func._overloadpacket
+            if packet in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
+                a, b = (args[0], args[1]) if packet in (aten.mm, aten.bmm) else (args[1], args[2])
+                key = (tuple(a.shape), tuple(b.shape))
+                products[key] = products.get(key, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"):
+        model = load_symbol(spec.family, "torch_reference")(spec).eval()
+        load_symbol(spec.family, "torch_taps")(model)
+        x = torch.zeros(1, 3, spec.image_size, spec.image_size)
+    with torch.no_grad(), Record():
+        load_symbol(spec.family, "torch_call")(model, x)
+    return {"products": [{"a": list(a), "b": list(b), "count": n} for (a, b), n in products.items()]}
+
+
+def job_gemm_time(job: dict) -> dict:
+    """The model's matrix products alone, at ``batch`` images, in TensorFlow (oneDNN): the time
+    they take when nothing else runs, against the whole compiled model's time. What is left is
+    the rest of the model (softmax, LayerNorm, GELU, transposes, convolutions)."""
+    import tensorflow as tf
+
+    batch = job["batch"]
+    total_s, flops, rows = 0.0, 0, []
+    for product in job["products"]:
+        a, b = list(product["a"]), list(product["b"])
+        a[0] *= batch  # rows of a linear layer (B*N) or the batch of a bmm (B*heads) scale with the images
+        if len(b) == 3:
+            b[0] *= batch
+        x, y = tf.random.normal(a), tf.random.normal(b)
+        fn = tf.function(lambda x=x, y=y: tf.matmul(x, y))
+        timing = _time(lambda _i, fn=fn: fn().numpy(), np.zeros(1), 2, job.get("repeats", 5))
+        product_flops = 2 * a[-2] * a[-1] * b[-1] * (a[0] if len(a) == 3 else 1)
+        total_s += timing["min_s"] * product["count"]
+        flops += product_flops * product["count"]
+        rows.append({"a": a, "b": b, "count": product["count"], "seconds": timing["min_s"],
+                     "gflops": product_flops / timing["min_s"] / 1e9})
+    return {"batch": batch, "seconds": total_s, "flops": flops, "gflops": flops / total_s / 1e9,
+            "products": sorted(rows, key=lambda r: -r["seconds"] * r["count"])}
+
+
 def job_torch(job: dict) -> dict:
     """PyTorch eager as users run it (fused attention left on), weights from model.safetensors."""
     import torch
@@ -137,7 +193,8 @@ def job_onnxruntime(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"matmul_peak": job_matmul_peak, "flops": job_flops, "torch": job_torch, "keras": job_keras,
+    worker_main({"matmul_peak": job_matmul_peak, "flops": job_flops, "gemm_shapes": job_gemm_shapes,
+                 "gemm_time": job_gemm_time, "torch": job_torch, "keras": job_keras,
                  "savedmodel": job_savedmodel, "onnxruntime": job_onnxruntime}, (), argv)
 
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from parity.outputs import DEFAULT_BUDGET_MB
 from parity.worker import WorkerError
 from porting.mapping import MappingFileError
 from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, parse_backends, port, recheck
@@ -28,7 +29,8 @@ def cmd_port(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     options = PortOptions(weights=args.weights, seed=args.seed, batch=args.batch, out_root=Path(args.out),
                           force=args.force, mapping=args.mapping, new_head=args.num_classes is not None,
-                          exports=not args.no_export, backends=parse_backends(args.backends))
+                          exports=not args.no_export, backends=parse_backends(args.backends),
+                          output_budget_mb=args.output_budget_mb)
     report = port(spec, options)
     _print_summary(report)
     return 0 if report["passed"] else 1
@@ -156,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
     p.add_argument("--no-export", action="store_true",
                    help="write model.safetensors and check Keras eager only (no SavedModel, .keras, ONNX)")
+    p.add_argument("--output-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
+                   help=f"outputs one runtime call may hold (default {DEFAULT_BUDGET_MB}); past it a runtime "
+                        "computes its attention maps one image and one group of blocks at a time")
     p.set_defaults(func=cmd_port)
 
     p = sub.add_parser("parity", help="re-check an existing artifact folder (no conversion) and rewrite its reports")

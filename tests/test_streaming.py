@@ -186,3 +186,21 @@ def test_eager_walker_equals_keras_call(family):
         np.testing.assert_allclose(compiled[key], expected[key], atol=1e-5, rtol=1e-5)
     shapes = KerasRunner(model).output_shapes()
     assert all(shapes[k][1:] == expected[k].shape[1:] for k in expected)
+
+
+def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_path, quiet_log):
+    """End to end with outputs far over the budget: every runtime computes one image and one group
+    of outputs per call (the reference streams its hooks), and parity still holds."""
+    from porting.pipeline import PortOptions, port
+    from porting.variants import get_variant
+
+    spec = get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=10)
+    report = port(spec, PortOptions(weights="random", out_root=tmp_path, photos=False, output_budget_mb=0.01,
+                                    log=quiet_log))
+    assert report["passed"], [r for r in report["runtimes"] if not r["passed"]]
+    runtimes = {r["runtime"]: r for r in report["runtimes"]}
+    assert set(runtimes) == {"keras_eager", "keras_compiled", "keras_file", "savedmodel", "onnxruntime"}
+    for name, summary in runtimes.items():
+        assert summary["calls"]["per_image"] is True, name
+        assert len(summary["calls"]["groups"]) > 1, name
+    assert report["options"]["output_budget_mb"] == 0.01
