@@ -28,9 +28,12 @@ def pytest_configure(config):
 def quiet_log():
     """A PortOptions.log that keeps the progress lines for assertions."""
     lines: list[str] = []
-    lines_log = lines.append
-    lines_log.lines = lines  # type: ignore[attr-defined]
-    return lines_log
+
+    def log(message: str) -> None:
+        lines.append(message)
+
+    log.lines = lines  # type: ignore[attr-defined]
+    return log
 
 
 def run_torch_job(job: dict, work: Path) -> dict:

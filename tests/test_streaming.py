@@ -195,7 +195,7 @@ def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_pa
     from porting.variants import get_variant
 
     spec = get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=10)
-    report = port(spec, PortOptions(weights="random", out_root=tmp_path, photos=False, output_budget_mb=0.01,
+    report = port(spec, PortOptions(weights="random", out_root=tmp_path, photos=False, output_budget_mb=0.005,
                                     log=quiet_log))
     assert report["passed"], [r for r in report["runtimes"] if not r["passed"]]
     runtimes = {r["runtime"]: r for r in report["runtimes"]}
@@ -203,4 +203,4 @@ def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_pa
     for name, summary in runtimes.items():
         assert summary["calls"]["per_image"] is True, name
         assert len(summary["calls"]["groups"]) > 1, name
-    assert report["options"]["output_budget_mb"] == 0.01
+    assert report["options"]["output_budget_mb"] == 0.005
