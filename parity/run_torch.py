@@ -143,8 +143,9 @@ def job_onnx(job: dict) -> dict:
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
     head = "logits" if spec.config.num_classes > 0 else "features"
+    extra = {"external_data_bytes": job["external_data_bytes"]} if "external_data_bytes" in job else {}
     return export_onnx(model, spec.family, job["out"], spec.image_size, spec.config.in_channels, head_name=head,
-                       opset=job.get("opset", 18))
+                       opset=job.get("opset", 18), **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

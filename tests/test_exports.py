@@ -248,3 +248,25 @@ def test_interrupted_export_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         port(spec, PortOptions(weights="random", out_root=out, photos=False, log=lambda _msg: None))
     assert out.exists() and list(out.iterdir()) == []
+
+
+def test_onnx_with_external_data_matches_the_single_file(ported, tmp_path):
+    """Past the threshold the weights go to model.onnx.data, written a tensor at a time (what
+    cait_m48_448 gets); the graph and its outputs are the same as the single-file export."""
+    import onnxruntime as ort
+
+    from parity.worker import run_worker
+
+    report, folder, root = ported
+    out = tmp_path / "model.onnx"
+    result = run_worker("parity.run_torch", {"job": "onnx", "spec": _spec().to_dict(), "out": str(out),
+                                             "candidate": str(folder / "model.safetensors"),
+                                             "external_data_bytes": 0}, tmp_path)
+    assert result["external_data"] and sorted(result["files"]) == ["model.onnx", "model.onnx.data"]
+    assert (tmp_path / "model.onnx.data").stat().st_size >= result["weight_bytes"]
+    assert (tmp_path / "model.onnx").stat().st_size < result["weight_bytes"] / 10
+    images = np.load(root / "images.npy")[:2]
+    single = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    external = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for a, b in zip(single.run(None, {"images": images}), external.run(None, {"images": images}), strict=True):
+        np.testing.assert_array_equal(a, b)
