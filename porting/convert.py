@@ -163,9 +163,3 @@ class KerasRunner:
         else:
             outputs = call_functional(self.model, images, names)
         return {k: keras.ops.convert_to_numpy(outputs.pop(k)) for k in list(outputs)}
-
-
-def run_keras(model: keras.Model, images: np.ndarray, compiled: bool = False) -> dict[str, np.ndarray]:
-    """Every output of ``model`` on NHWC ``images`` as numpy (eager call, or ``predict_on_batch``)."""
-    outputs = model.predict_on_batch(images) if compiled else model(images, training=False)
-    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
