@@ -72,8 +72,9 @@ class OutputStore:
         (self.folder / INDEX).write_text(json.dumps(list(self._shapes)))
 
     def write_all(self, outputs: Mapping[str, np.ndarray], start: int = 0, total: int | None = None) -> None:
-        for name, array in outputs.items():
-            self.write(name, np.asarray(array), start, total)
+        """Each output converted (``np.asarray``), written and let go before the next."""
+        for name in list(outputs):
+            self.write(name, np.asarray(outputs[name]), start, total)
 
 
 class StoredOutputs(Mapping):
@@ -108,16 +109,20 @@ def load_outputs(folder: Path | str) -> dict[str, np.ndarray]:
 
 
 def plan_calls(shapes: Mapping[str, tuple[int, ...]], batch: int, budget_bytes: int,
-               itemsize: int = 4) -> list[tuple[list[str], bool]]:
+               itemsize: int = 4, split_outputs: bool = True) -> list[tuple[list[str], bool]]:
     """``[(output names, one image per call?)]`` covering every output once.
 
     ``shapes`` are per image (no batch axis). The whole batch in one call when it fits the
     budget; otherwise groups (in model order) of at most ``budget_bytes`` of one image's
     outputs, each group run once per image. An output larger than the budget is a group alone.
+    Without ``split_outputs`` (a runtime for which a subset costs as much memory as all of them),
+    every output in one call per image.
     """
     sizes = {name: math.prod(shape) * itemsize for name, shape in shapes.items()}
     if sum(sizes.values()) * batch <= budget_bytes:
         return [(list(sizes), False)]
+    if not split_outputs:
+        return [(list(sizes), True)]
     groups: list[list[str]] = []
     current, used = [], 0
     for name, size in sizes.items():
@@ -144,11 +149,12 @@ def static_shapes(shapes: Mapping[str, tuple | list]) -> dict[str, tuple[int, ..
 
 def run_on_inputs(run: RunFn, inputs_path: Path | str, head: str, store: OutputStore,
                   shapes: Mapping[str, tuple[int, ...]] | None = None,
-                  budget_mb: float = DEFAULT_BUDGET_MB, streams: bool = False) -> dict:
+                  budget_mb: float = DEFAULT_BUDGET_MB, streams: bool = False, split_outputs: bool = True) -> dict:
     """Every output of ``run`` on the seeded random batch, and ``photos:<head>`` on the
     photographs, written into ``store``; returns how the calls were split.
 
-    ``run(images, names)`` returns the outputs named (all of them when ``names`` is None).
+    ``run(images, names)`` returns the outputs named (all of them when ``names`` is None), as
+    numpy arrays or anything ``np.asarray`` converts: they are converted and written one at a time.
     Without ``shapes`` (per image) the random batch is one call for every output. A runtime
     that ``streams`` (``run(images, None, sink=...)`` hands each output to the sink as it is
     computed, keeping nothing: PyTorch's forward hooks) needs no groups: one call per image.
@@ -157,7 +163,8 @@ def run_on_inputs(run: RunFn, inputs_path: Path | str, head: str, store: OutputS
         images = data["images"]
         photos = data["photos"] if "photos" in data.files else None
     batch = len(images)
-    plan = (plan_calls(shapes, batch, int(budget_mb * 2**20)) if shapes is not None else [(None, False)])
+    plan = (plan_calls(shapes, batch, int(budget_mb * 2**20), split_outputs=split_outputs) if shapes is not None
+            else [(None, False)])
     per_image = any(one for _, one in plan)
     if per_image and streams:
         for i in range(batch):

@@ -202,5 +202,6 @@ def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_pa
     assert set(runtimes) == {"keras_eager", "keras_compiled", "keras_file", "savedmodel", "onnxruntime"}
     for name, summary in runtimes.items():
         assert summary["calls"]["per_image"] is True, name
-        assert len(summary["calls"]["groups"]) > 1, name
+        # the SavedModel computes every output in each call (a subset costs it as much memory)
+        assert (len(summary["calls"]["groups"]) == 1) == (name == "savedmodel"), name
     assert report["options"]["output_budget_mb"] == 0.005
