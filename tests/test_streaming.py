@@ -115,6 +115,7 @@ def test_plan_fits_the_budget_and_covers_every_output():
     assert all(per_image for _, per_image in plan)
     assert [n for names, _ in plan for n in names] == list(shapes)  # each once, in model order
     assert all(sum(4 * np.prod(shapes[n]) for n in names) <= 3 * per_map + 40 for names, _ in plan)
+    assert plan_calls(shapes, batch=2, budget_bytes=per_map, split_outputs=False) == [(list(shapes), True)]
     # an output larger than the budget is a call of its own
     assert plan_calls({"big": (1000,), "small": (1,)}, 1, 100) == [(["big"], True), (["small"], True)]
     assert static_shapes({"a": (None, 3, 4)}) == {"a": (3, 4)}
