@@ -263,7 +263,8 @@ def test_onnx_with_external_data_matches_the_single_file(ported, tmp_path):
                                              "candidate": str(folder / "model.safetensors"),
                                              "external_data_bytes": 0}, tmp_path)
     assert result["external_data"] and sorted(result["files"]) == ["model.onnx", "model.onnx.data"]
-    assert (tmp_path / "model.onnx.data").stat().st_size >= result["weight_bytes"]
+    # tensors under 256 bytes stay inline in model.onnx (onnx_ir's threshold)
+    assert (tmp_path / "model.onnx.data").stat().st_size >= 0.99 * result["weight_bytes"]
     assert (tmp_path / "model.onnx").stat().st_size < result["weight_bytes"] / 10
     images = np.load(root / "images.npy")[:2]
     single = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
