@@ -37,8 +37,8 @@ def job_convert(job: dict) -> dict:
         export_state_dict,
         family_mapping,
         read_safetensors,
-        write_safetensors,
     )
+    from porting.tensor_io import write_safetensors
 
     spec = VariantSpec.from_dict(job["spec"])
     timings = {}

@@ -13,7 +13,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from porting import tensor_io
 from porting.mapping import MappingSpec, load_mapping
 from porting.tensor_io import LazyArray, SafetensorsReader
 from porting.variants import FAMILIES, VariantSpec, load_symbol
@@ -82,12 +81,6 @@ def read_safetensors(path: str | Path, lazy: bool = False) -> Mapping[str, np.nd
     return reader.lazy() if lazy else dict(reader.items())
 
 
-def write_safetensors(tensors: Mapping[str, np.ndarray | LazyArray], path: str | Path,
-                      metadata: dict | None = None) -> None:
-    """Streamed: one tensor in memory at a time (``porting/tensor_io.py``)."""
-    tensor_io.write_safetensors(tensors, path, metadata)
-
-
 def call_functional(model: keras.Model, images, names: list[str] | None = None) -> dict:
     """``model(images, training=False)`` op by op, the way Keras' functional call runs it, but
     keeping only the outputs named and dropping every other tensor after its last use.
@@ -139,14 +132,9 @@ class KerasRunner:
         self._submodels: dict[tuple[str, ...], keras.Model] = {}
 
     def output_shapes(self) -> dict[str, tuple]:
-        """Each output's shape for one image, with the batch axis (1); a layer that reshapes
-        with -1 leaves axes unknown on the symbolic outputs, so they are worked out by tracing
-        the model on a one-image spec (no arithmetic)."""
-        shapes = {name: tuple(t.shape) for name, t in self.model.output.items()}
-        if all(d is not None for shape in shapes.values() for d in shape[1:]):
-            return shapes
-        spec = self.model.compute_output_spec(keras.KerasTensor((1, *self.model.input.shape[1:])))
-        return {name: tuple(spec[name].shape) for name in shapes}
+        """Symbolic output shapes (batch axis None); an axis a layer leaves unknown makes the
+        planner run every output in one call (``parity.outputs.static_shapes``)."""
+        return {name: tuple(t.shape) for name, t in self.model.output.items()}
 
     def _submodel(self, names: list[str] | None) -> keras.Model:
         key = tuple(names) if names is not None else tuple(self.model.output)
