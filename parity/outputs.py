@@ -63,13 +63,13 @@ class OutputStore:
                 self._offsets[name] = handle.tell()
                 handle.truncate(self._offsets[name] + math.prod(shape) * array.dtype.itemsize)
             self._shapes[name] = shape
+            (self.folder / INDEX).write_text(json.dumps(list(self._shapes)))
         elif self._shapes[name] != shape:
             raise ValueError(f"output {name}: shape {shape} differs from the {self._shapes[name]} written before")
         row_bytes = math.prod(shape[1:]) * array.dtype.itemsize
         with open(path, "r+b") as handle:
             handle.seek(self._offsets[name] + start * row_bytes)
             handle.write(memoryview(array.reshape(-1)).cast("B"))
-        (self.folder / INDEX).write_text(json.dumps(list(self._shapes)))
 
     def write_all(self, outputs: Mapping[str, np.ndarray], start: int = 0, total: int | None = None) -> None:
         """Each output converted (``np.asarray``), written and let go before the next."""
