@@ -17,7 +17,7 @@ def job_run(job: dict) -> dict:
     """The signature on the parity inputs, one image per call when their outputs pass the budget.
 
     Every output in each call: a tf.function that calls the signature and returns a subset
-    does free the rest, but building one costs 20 s on cait_m48_448 and runs 2.5x slower than
+    does free the rest, but building one costs 20 s on cait_m48_448 and runs 2.3-2.6x slower than
     the signature, for little memory (a 10-map subset: 3.9 GB peak, all 50 maps: 5.2 GB before
     their numpy copies). The outputs are handed back as TensorFlow tensors and converted one at
     a time as they are written (``OutputStore.write_all``), so no second copy of them is held.
