@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from parity.worker import run_worker  # noqa: E402
+from porting.families import get_variant  # noqa: E402
 from porting.pipeline import PortOptions, port  # noqa: E402
-from porting.variants import get_variant  # noqa: E402
 
 TARGETS = {
     "keras_fraction_of_matmul_peak_batch8": 0.80,

@@ -65,14 +65,16 @@ def job_flops(job: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from porting.variants import VariantSpec, load_symbol
+    from porting.families import get_family
+    from porting.families.base import VariantSpec
 
     spec = VariantSpec.from_dict(job["spec"])
+    reference = get_family(spec.family).torch()
     with torch.device("meta"):
-        model = load_symbol(spec.family, "torch_reference")(spec).eval()
+        model = reference.build_reference(spec).eval()
         x = torch.zeros(1, 3, spec.image_size, spec.image_size)
     with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
-        model(x)
+        reference.call_reference(model, x)
     return {"flops_per_image": int(counter.get_total_flops())}
 
 
@@ -83,10 +85,12 @@ def job_gemm_shapes(job: dict) -> dict:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from porting.variants import VariantSpec, load_symbol
+    from porting.families import get_family
+    from porting.families.base import VariantSpec
 
     aten = torch.ops.aten
     spec = VariantSpec.from_dict(job["spec"])
+    reference = get_family(spec.family).torch()
     products: dict[tuple, int] = {}
 
     class Record(TorchDispatchMode):
@@ -99,11 +103,11 @@ def job_gemm_shapes(job: dict) -> dict:
             return func(*args, **(kwargs or {}))
 
     with torch.device("meta"):
-        model = load_symbol(spec.family, "torch_reference")(spec).eval()
-        load_symbol(spec.family, "torch_taps")(model)
+        model = reference.build_reference(spec).eval()
+        reference.reference_taps(model)
         x = torch.zeros(1, 3, spec.image_size, spec.image_size)
     with torch.no_grad(), Record():
-        load_symbol(spec.family, "torch_call")(model, x)
+        reference.call_reference(model, x)
     return {"products": [{"a": list(a), "b": list(b), "count": n} for (a, b), n in products.items()]}
 
 
@@ -138,15 +142,17 @@ def job_torch(job: dict) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from porting.variants import VariantSpec, load_symbol
+    from porting.families import get_family
+    from porting.families.base import VariantSpec
 
     spec = VariantSpec.from_dict(job["spec"])
-    model = load_symbol(spec.family, "torch_reference")(spec).eval()
+    reference = get_family(spec.family).torch()
+    model = reference.build_reference(spec).eval()
     model.load_state_dict(load_file(job["safetensors"]), strict=True)
 
     def run(images: np.ndarray):
         with torch.inference_mode():
-            return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+            return reference.call_reference(model, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
 
     return {"batches": _batches(job, run), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -154,12 +160,11 @@ def job_torch(job: dict) -> dict:
 def job_keras(job: dict) -> dict:
     """model.keras compiled: XLA (jit_compile=True) or a tf.function, as the job says."""
     import keras
-
-    from porting.variants import FAMILIES, VariantSpec
-
-    spec = VariantSpec.from_dict(job["spec"])
-    __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])  # registers the layers
     import tensorflow as tf
+
+    from porting.families import get_family
+
+    get_family(job["spec"]["family"]).keras()  # registers the layers
 
     model = keras.saving.load_model(job["model"], compile=False)
     # A compiled call returning tensors, as TF users serve a Keras model; predict_on_batch would

@@ -25,7 +25,7 @@ from parity.compare import output_kind  # noqa: E402
 from parity.inputs import random_images, write_inputs  # noqa: E402
 from parity.outputs import load_outputs  # noqa: E402
 from parity.worker import run_worker  # noqa: E402
-from porting.variants import get_variant  # noqa: E402
+from porting.families import get_variant  # noqa: E402
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

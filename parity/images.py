@@ -108,18 +108,13 @@ def preprocess(image: np.ndarray, size: int, mean: list[float], std: list[float]
 
 
 def sample_photos(size: int, mean: list[float] | None = None, std: list[float] | None = None,
-                  names: tuple[str, ...] = PHOTOS, preprocessing: dict | None = None) -> tuple[np.ndarray, list[str]]:
-    """(N, size, size, 3) float32 NHWC photographs, and their names. ``preprocessing`` (a
-    variant's dict) replaces the default centre square crop with the variant's own transform."""
+                  names: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
+    """(N, size, size, 3) float32 NHWC photographs (centre square crop, bicubic), and their names."""
     import skimage.data
 
     mean = mean or [0.485, 0.456, 0.406]
     std = std or [0.229, 0.224, 0.225]
-    if preprocessing is not None:
-        pre = {**preprocessing, "input_size": size}
-        photos = [preprocess_image(getattr(skimage.data, name)(), pre) for name in names]
-    else:
-        photos = [preprocess(getattr(skimage.data, name)(), size, mean, std) for name in names]
+    photos = [preprocess(getattr(skimage.data, name)(), size, mean, std) for name in names]
     return np.stack(photos), list(names)
 
 

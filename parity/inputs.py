@@ -16,7 +16,3 @@ def random_images(image_size: int, batch: int = 2, seed: int = 0, channels: int 
 def write_inputs(path: Path | str, images: np.ndarray) -> None:
     np.savez(path, images=images)
 
-
-def read_inputs(path: Path | str) -> np.ndarray:
-    with np.load(path) as data:
-        return data["images"]

@@ -29,12 +29,15 @@ def runtime_summary(runtime: str, device: str, comparisons: list[OutputCompariso
     }
 
 
-def _fmt(x: float | None) -> str:
+def fmt_float(x: float | None) -> str:
+    """A difference in the reports and cards: two significant digits, or a dash."""
     return "—" if x is None else f"{x:.2e}"
 
 
-def _pct(x: float | None) -> str:
+def fmt_share(x: float | None) -> str:
+    """An agreement rate in the reports and cards: a whole percentage, or a dash."""
     return "—" if x is None else f"{x:.0%}"
+
 
 
 def _notes(r: dict) -> str:
@@ -114,13 +117,13 @@ def render_markdown(report: dict) -> str:
         photos = r.get("photos") or {}
         lines.append(
             f"| {r['runtime']} | {r['device']} | {'pass' if r['passed'] else '**FAIL**'} "
-            f"| {_fmt(r['head_max_abs_diff'])} | {_fmt(r['head_max_normalized_diff'])} "
-            f"| {_fmt(head.get('tolerance'))} "
-            f"| {_pct(r['top1_agreement'])} | {_pct(r['top5_agreement'])} "
-            f"| {r['attention_maps']} | {_fmt(r['attention_worst_normalized_diff'])} "
+            f"| {fmt_float(r['head_max_abs_diff'])} | {fmt_float(r['head_max_normalized_diff'])} "
+            f"| {fmt_float(head.get('tolerance'))} "
+            f"| {fmt_share(r['top1_agreement'])} | {fmt_share(r['top5_agreement'])} "
+            f"| {r['attention_maps']} | {fmt_float(r['attention_worst_normalized_diff'])} "
             f"({r['attention_worst_output'] or '—'}) "
-            f"| {_fmt(photos.get('max_normalized_diff'))} | {_pct(photos.get('top1_agreement'))} "
-            f"| {_pct(photos.get('top5_agreement'))} | {_notes(r)} |")
+            f"| {fmt_float(photos.get('max_normalized_diff'))} | {fmt_share(photos.get('top1_agreement'))} "
+            f"| {fmt_share(photos.get('top5_agreement'))} | {_notes(r)} |")
     lines += _runtime_legend(report)
     for r in report["runtimes"]:
         if r["passed"]:
@@ -133,8 +136,8 @@ def render_markdown(report: dict) -> str:
                       for rule in loc["rules"]]
             lines.append("")
         lines += ["| output | max abs | normalised | tolerance |", "|---|---|---|---|"]
-        lines += [f"| {o['output']} | {_fmt(o['max_abs_diff'])} | {_fmt(o['max_normalized_diff'])} "
-                  f"| {_fmt(o['tolerance'])} |" for o in r["outputs"] if not o["passed"]][:40]
+        lines += [f"| {o['output']} | {fmt_float(o['max_abs_diff'])} | {fmt_float(o['max_normalized_diff'])} "
+                  f"| {fmt_float(o['tolerance'])} |" for o in r["outputs"] if not o["passed"]][:40]
     lines += _exports_section(report) + _steps_section(report)
     if report.get("roundtrip"):
         rt = report["roundtrip"]

@@ -22,7 +22,8 @@ import numpy as np
 
 from parity.images import normalize
 from parity.worker import worker_main
-from porting.variants import VariantSpec
+from porting.families import get_family
+from porting.families.base import VariantSpec
 
 RUNTIMES = ("pytorch", "keras", "savedmodel", "onnxruntime")
 
@@ -35,14 +36,9 @@ def _torch_predictor(spec: VariantSpec, model_path: str) -> tuple[Callable, dict
     import torch
 
     from parity.run_torch import _reference_model
-    from porting.variants import FAMILIES, load_symbol
 
     model = _reference_model(spec, model_path).eval()  # strict load of model.safetensors
-    if FAMILIES[spec.family].get("torch_call"):  # the family's own call (timm: model(x); HF: .logits)
-        call = load_symbol(spec.family, "torch_call")
-    else:
-        def call(m, x):
-            return m(pixel_values=x).logits if spec.family == "cvt" else m(x)
+    call = get_family(spec.family).torch().call_reference
 
     def run(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -55,9 +51,7 @@ def _torch_predictor(spec: VariantSpec, model_path: str) -> tuple[Callable, dict
 def _keras_predictor(spec: VariantSpec, model_path: str) -> tuple[Callable, dict]:
     import keras
 
-    from porting.variants import FAMILIES
-
-    __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])  # registers the layers
+    get_family(spec.family).keras()  # registers the layers
     model = keras.saving.load_model(model_path, compile=False)
     head = next(k for k in model.output if k in ("logits", "features"))
     head_only = keras.Model(model.input, model.output[head])  # same layers, no attention outputs kept
@@ -136,9 +130,7 @@ def job_attention(job: dict) -> dict:
     if job["source"] == "keras":
         import keras
 
-        from porting.variants import FAMILIES
-
-        __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])
+        get_family(spec.family).keras()  # registers the layers
         model = keras.saving.load_model(job["model"], compile=False)
         outputs = {k: keras.ops.convert_to_numpy(v) for k, v in model(image, training=False).items()}
     elif job["source"] == "savedmodel":

@@ -10,8 +10,9 @@ import time
 
 from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
 from parity.worker import worker_main
-from porting.mapping import MappingError, MappingFileError, load_mapping
-from porting.variants import VariantSpec
+from porting.families import get_family
+from porting.families.base import VariantSpec
+from porting.mapping import MappingError, MappingFileError
 
 
 def _run_parity_inputs(runner, job: dict) -> dict:
@@ -30,19 +31,12 @@ def job_convert(job: dict) -> dict:
     """
     import keras
 
-    from porting.convert import (
-        KerasRunner,
-        build_keras_model,
-        convert_weights,
-        export_state_dict,
-        family_mapping,
-        read_safetensors,
-    )
+    from porting.convert import KerasRunner, build_keras_model, convert_weights, export_state_dict, read_safetensors
     from porting.tensor_io import write_safetensors
 
     spec = VariantSpec.from_dict(job["spec"])
     timings = {}
-    mapping = load_mapping(job["mapping"]) if job.get("mapping") else family_mapping(spec)
+    mapping = get_family(spec.family).load_mapping(job.get("mapping"))
     t = time.perf_counter()
     state = read_safetensors(job["source"], lazy=True)
     timings["read_source"] = time.perf_counter() - t
@@ -110,12 +104,9 @@ def job_run_file(job: dict) -> dict:
     (``keras_compiled``: XLA via ``jit_compile=True``, else a tf.function; which one is recorded)."""
     import keras
 
-    from porting.variants import FAMILIES
-
-    # registers the family's serializable layers (package vit_porting)
-    spec = VariantSpec.from_dict(job["spec"])
-    __import__(FAMILIES[spec.family]["keras_builder"].split(":")[0])
     from porting.convert import KerasRunner
+
+    get_family(job["spec"]["family"]).keras()  # registers the family's serializable layers (package vit_porting)
 
     model = keras.saving.load_model(job["model"], compile=False)
     info: dict = {"keras": keras.__version__, "backend": keras.backend.backend(), **backend_device(),

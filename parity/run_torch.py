@@ -10,8 +10,9 @@ import torch
 
 from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from parity.worker import worker_main
+from porting.families import get_family
+from porting.families.base import VariantSpec
 from porting.sources import CheckpointError, open_checkpoint, resolve_weights
-from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
 def _spec(job: dict) -> VariantSpec:
@@ -22,7 +23,7 @@ def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
     """The source model holding the weights of ``source`` (strict), built without a random init:
     on the meta device, with the checkpoint's tensors assigned as its parameters, so the
     weights are in memory once (unless the model has state no checkpoint carries)."""
-    builder = load_symbol(spec.family, "torch_reference")
+    builder = get_family(spec.family).torch().build_reference
     with torch.device("meta"):
         model = builder(spec)
     state = open_checkpoint(source)
@@ -42,13 +43,9 @@ def job_source(job: dict) -> dict:
     The mapping's declarative renames (e.g. a 'module.' prefix) are applied here, so that the
     reference, the converter and the round trip all read the same keys.
     """
-    from porting.mapping import load_mapping
-
     spec = _spec(job)
-    builder = load_symbol(spec.family, "torch_reference")
-    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), build_reference=builder,
-                                    new_head=job.get("new_head", False))
-    mapping = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"])
+    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
+    mapping = get_family(spec.family).load_mapping(job.get("mapping"))
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         new = mapping.rename_key(key)
@@ -84,9 +81,10 @@ def job_reference(job: dict) -> dict:
     from parity.references import reference_shapes, run_reference
 
     # the modules whose outputs are the attention maps (and block outputs), and how to call the model
-    taps = load_symbol(spec.family, "torch_taps")(model, job.get("intermediates", False))
-    call = load_symbol(spec.family, "torch_call")
-    output_name = "logits" if spec.config.num_classes > 0 else "features"
+    reference = get_family(spec.family).torch()
+    taps = reference.reference_taps(model, job.get("intermediates", False))
+    call = reference.call_reference
+    output_name = spec.head_name
 
     def run(images: np.ndarray, names: list[str] | None = None, sink=None) -> dict[str, np.ndarray]:
         return run_reference(model, images, taps, call, output_name, dtype=dtype, device=device, names=names,
@@ -108,14 +106,11 @@ def job_reference(job: dict) -> dict:
 def job_roundtrip(job: dict) -> dict:
     """The mapping-run-backwards file must load into the reference strictly and equal the source
     bit for bit, except for keys the mapping drops on purpose (each with its reason, reported)."""
-    from porting.mapping import load_mapping
-    from porting.variants import FAMILIES
-
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
     source = open_checkpoint(job["source"])  # one tensor at a time
     loaded = model.state_dict()
-    dropped = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"]).dropped(source)
+    dropped = get_family(spec.family).load_mapping(job.get("mapping")).dropped(source)
     mismatched = [k for k in source
                   if k not in dropped and (k not in loaded or not torch.equal(loaded[k], source[k]))]
     return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
@@ -130,7 +125,7 @@ def job_state_shapes(job: dict) -> dict:
     for spec_dict in job["specs"]:
         spec = VariantSpec.from_dict(spec_dict)
         with torch.device("meta"):
-            model = load_symbol(spec.family, "torch_reference")(spec)
+            model = get_family(spec.family).torch().build_reference(spec)
         shapes[spec.name] = {k: list(v.shape) for k, v in model.state_dict().items()}
     return {"shapes": shapes}
 
@@ -142,10 +137,9 @@ def job_onnx(job: dict) -> dict:
 
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
-    head = "logits" if spec.config.num_classes > 0 else "features"
     extra = {"external_data_bytes": job["external_data_bytes"]} if "external_data_bytes" in job else {}
-    return export_onnx(model, spec.family, job["out"], spec.image_size, spec.config.in_channels, head_name=head,
-                       opset=job.get("opset", 18), **extra)
+    return export_onnx(model, get_family(spec.family).torch(), job["out"], spec.image_size, spec.config.in_channels,
+                       head_name=spec.head_name, opset=job.get("opset", 18), **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,13 +1,13 @@
 """``vit-port attention``: class-attention maps and a saliency map over one image, as a PNG.
 
-CaiT: each class-attention block (``blocks_token_only_{i}_attn``, (B, heads, 1, 1 + N))
-says how much the class token reads each patch; the map of a head is that row without its
-first entry (the class token itself), reshaped to the patch grid. CvT: the last stage's class
-token (``stage{S}_blocks_{j}_attn``, (B, heads, 1 + Nq, 1 + Nkv)), row 0, over the key/value
-grid (the k/v projection has stride 2, so a 14x14 stage is read on a 7x7 grid).
+Which outputs are drawn is the family's answer (``Family.class_attention``): maps whose
+query 0 is the class token and whose keys are [class token, patches]. The map of a head is
+row 0 without its first entry (the class token itself), reshaped to the square key grid: for
+CaiT each class-attention block, (B, heads, 1, 1 + N); for CvT the last stage's blocks,
+(B, heads, 1 + Nq, 1 + Nkv), read on the key/value grid (stride 2: a 14x14 stage on 7x7).
 
-The saliency map is the head average of the last class-attention block (CaiT) / the last
-block of the last stage (CvT): the attention the classifier's token paid last. Every map is
+The saliency map is the head average of the last block drawn: the attention the classifier's
+token paid last. Every map is
 drawn upsampled (bilinear) over the image, each normalised to its own [0, 1] range.
 
 The model runs in a worker process (``parity.run_eval`` job ``attention``: model.keras, or
@@ -31,7 +31,8 @@ import numpy as np
 from parity.images import preprocess_image, resize_and_crop
 from parity.worker import run_worker
 from porting.evaluate import EvalError, load_artifact_spec, spec_preprocessing
-from porting.variants import VariantSpec
+from porting.families import get_family
+from porting.families.base import VariantSpec
 
 SOURCES = {"keras": "model.keras", "savedmodel": "saved_model"}
 
@@ -46,19 +47,15 @@ def _grid(tokens: int, name: str) -> int:
 def class_attention_maps(spec: VariantSpec, outputs: dict[str, np.ndarray], blocks: str = "default",
                          index: int = 0) -> tuple[dict[str, np.ndarray], str]:
     """{output name: (heads, g, g) class-token attention of image ``index``}, and the output
-    whose head average is the saliency map. ``blocks``: "default" (CaiT: every class-attention
-    block; CvT: the last block of the last stage) or "all" (CvT: every block of the last stage)."""
-    if spec.family == "cait":
-        names = sorted((k for k in outputs if re.fullmatch(r"blocks_token_only_\d+_attn", k)),
-                       key=lambda k: int(k.split("_")[3]))
-    elif spec.family == "cvt":
-        last = spec.config.num_stages - 1
-        pattern = rf"stage{last}_blocks_(\d+)_attn"
-        names = sorted((k for k in outputs if re.fullmatch(pattern, k)), key=lambda k: int(re.fullmatch(pattern, k)[1]))
-        if blocks != "all":
-            names = names[-1:]
-    else:
-        raise EvalError(f"no class-attention maps for family {spec.family!r}")
+    whose head average is the saliency map. ``blocks``: "default" (every block the family
+    names, or its last one where the family says so) or "all"."""
+    view = get_family(spec.family).class_attention(spec)
+    if view is None:
+        raise EvalError(f"the {get_family(spec.family).title} family names no class-attention outputs to draw")
+    pattern = re.compile(view.outputs)
+    names = sorted((k for k in outputs if pattern.fullmatch(k)), key=lambda k: int(pattern.fullmatch(k)[1]))
+    if view.last_only and blocks != "all":
+        names = names[-1:]
     if not names:
         raise EvalError(f"the model has no class-attention outputs ({', '.join(sorted(outputs)[:6])} ...)")
     maps = {}

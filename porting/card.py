@@ -16,25 +16,20 @@ from pathlib import Path
 
 import yaml
 
+from parity.images import resolve_preprocessing
+from parity.report import fmt_float, fmt_share
+from porting.families import get_family
+from porting.families.base import VariantSpec
 from porting.manifest import MANIFEST_NAME, file_table, runtime_versions
-from porting.variants import FAMILIES, VariantSpec, get_variant
 
 CARD_NAME = "README.md"
 RANDOM_LINE = ("> **RANDOM WEIGHTS: not a trained model.** This port was made from randomly initialised "
                "weights to prove the conversion; its predictions are meaningless.")
 
-# Hugging Face Hub dataset ids of each family's checkpoints (by the variant's pretraining text)
-_DATASETS = {"ImageNet-1k": ["imagenet-1k"], "ImageNet-22k, fine-tuned on ImageNet-1k": ["imagenet-21k", "imagenet-1k"]}
 _HUB_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "other"}
 # Kaggle Models' license names for the Hub ids above (kagglehub.model_upload(license_name=...))
 KAGGLE_LICENSES = {"apache-2.0": "Apache 2.0", "mit": "MIT", "bsd-3-clause": "BSD-3-Clause",
                    "cc-by-4.0": "CC BY 4.0", "cc-by-nc-4.0": "CC BY-NC 4.0"}
-# CaiTConfig field -> timm Cait keyword (parity.references.timm_cait_kwargs, which imports torch)
-_TIMM_CAIT_KWARGS = {"image_size": "img_size", "patch_size": "patch_size", "in_channels": "in_chans",
-                     "num_classes": "num_classes", "embed_dim": "embed_dim", "depth": "depth",
-                     "num_heads": "num_heads", "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias",
-                     "depth_token_only": "depth_token_only", "mlp_ratio_token_only": "mlp_ratio_token_only",
-                     "init_values": "init_values"}
 
 
 def hub_license(spec: VariantSpec) -> str:
@@ -54,49 +49,27 @@ def _is_random(report: dict, origin: dict, manifest: dict | None) -> bool:
                 or ((manifest or {}).get("origin") or {}).get("random_weights"))
 
 
-def _datasets(spec: VariantSpec) -> list[str]:
-    if spec.family == "cait":
-        return ["imagenet-1k"]  # timm's cait_*.fb_dist_in1k: ImageNet-1k, distilled
-    return _DATASETS.get(spec.preprocessing.get("pretraining", ""), [])
-
-
-def _base_model(spec: VariantSpec) -> str | None:
-    if spec.family == "cait" and spec.pretrained_tag:
-        return f"timm/{spec.pretrained_tag}"
-    if spec.family == "cvt" and spec.pretrained_tag:
-        return spec.pretrained_tag
-    return None
-
-
 def front_matter(spec: VariantSpec, origin: dict, random: bool) -> dict:
     head = spec.config.num_classes > 0
+    family = get_family(spec.family)
     meta = {
         "library_name": "keras",
         "pipeline_tag": "image-classification" if head else "image-feature-extraction",
         "license": hub_license(spec),
         "tags": ["image-classification" if head else "image-feature-extraction", "vision-transformer", spec.family,
                  "keras", "tensorflow", "saved_model", "onnx", "safetensors",
-                 "timm" if spec.family == "cait" else "transformers", "vit-porting"],
+                 *([family.library_tag] if family.library_tag else []), "vit-porting"],
     }
     if meta["license"] == "other":
         meta["license_name"] = "see-model-card"
     if random:
         meta["tags"].append("random-weights")
     else:
-        datasets = _datasets(spec)
-        if datasets:
-            meta["datasets"] = datasets
-        if origin.get("kind") == "pretrained" and _base_model(spec):
-            meta["base_model"] = _base_model(spec)
+        if spec.datasets:
+            meta["datasets"] = list(spec.datasets)
+        if origin.get("kind") == "pretrained" and family.hub_repo(spec):
+            meta["base_model"] = family.hub_repo(spec)
     return meta
-
-
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2e}"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.0%}"
 
 
 def parity_table(report: dict) -> list[str]:
@@ -108,10 +81,11 @@ def parity_table(report: dict) -> list[str]:
         photos = r.get("photos") or {}
         lines.append(
             f"| {r['runtime']} | {r['device']} | {'pass' if r['passed'] else '**FAIL**'} "
-            f"| {_fmt(r.get('head_max_abs_diff'))} | {_fmt(r.get('head_max_normalized_diff'))} "
-            f"| {_fmt(head.get('tolerance'))} | {_pct(r.get('top1_agreement'))} | {_pct(r.get('top5_agreement'))} "
-            f"| {_pct(photos.get('top1_agreement'))} "
-            f"| {r.get('attention_maps', 0)} ({_fmt(r.get('attention_worst_normalized_diff'))}) |")
+            f"| {fmt_float(r.get('head_max_abs_diff'))} | {fmt_float(r.get('head_max_normalized_diff'))} "
+            f"| {fmt_float(head.get('tolerance'))} | {fmt_share(r.get('top1_agreement'))} "
+            f"| {fmt_share(r.get('top5_agreement'))} "
+            f"| {fmt_share(photos.get('top1_agreement'))} "
+            f"| {r.get('attention_maps', 0)} ({fmt_float(r.get('attention_worst_normalized_diff'))}) |")
     return lines
 
 
@@ -126,25 +100,22 @@ def _source_text(spec: VariantSpec, origin: dict) -> str:
 
 
 def _checkpoint_link(spec: VariantSpec) -> str:
-    if spec.family == "cait" and spec.pretrained_tag:
-        return f"[timm/{spec.pretrained_tag}](https://huggingface.co/timm/{spec.pretrained_tag})"
-    if spec.pretrained_tag:
-        return f"[{spec.pretrained_tag}](https://huggingface.co/{spec.pretrained_tag})"
-    return "—"
+    repo = get_family(spec.family).hub_repo(spec)
+    return f"[{repo}](https://huggingface.co/{repo})" if repo else "—"
 
 
 def preprocessing_lines(spec: VariantSpec) -> list[str]:
-    pre = spec.preprocessing
-    size = pre.get("input_size", spec.image_size)
-    crop_pct = pre.get("crop_pct", 1.0)
-    resize = pre.get("resize_short_side", round(size / crop_pct))
+    pre = resolve_preprocessing(spec.preprocessing, spec.image_size)
+    size, scale = pre["input_size"], pre["scale_size"]
+    resize = (f"shorter side to {scale} px" if pre["crop_mode"] == "center"
+              else f"both sides to {scale} px (aspect ratio not kept)")
     return [
         f"- input: float32 NHWC `[batch, {size}, {size}, {spec.config.in_channels}]` (the ONNX and SavedModel "
         f"input is named `images`); RGB scaled to [0, 1], then normalised",
-        f"- mean: `{pre.get('mean')}`",
-        f"- std: `{pre.get('std')}`",
-        f"- resize: shorter side to {resize} px, `{pre.get('interpolation', 'bicubic')}` interpolation",
-        f"- crop: centre {size}x{size} (crop_pct {crop_pct})",
+        f"- mean: `{pre['mean']}`",
+        f"- std: `{pre['std']}`",
+        f"- resize: {resize}, `{pre['interpolation']}` interpolation",
+        f"- crop: centre {size}x{size} (crop_pct {pre['crop_pct']})",
     ]
 
 
@@ -154,57 +125,51 @@ def _example_input(spec: VariantSpec) -> list[str]:
             f"images = np.random.default_rng(0).standard_normal((1, {n}, {n}, 3)).astype(np.float32)"]
 
 
-def _head_name(spec: VariantSpec) -> str:
-    return "logits" if spec.config.num_classes > 0 else "features"
-
-
 def _print_result(expr: str, spec: VariantSpec) -> str:
     if spec.config.num_classes > 0:
         return f'print("top-5 classes:", np.argsort(-{expr}[0])[:5].tolist())'
     return f'print("features:", {expr}.shape)'
 
 
-_FAMILY_SHORT = {"cait": "CaiT", "cvt": "CvT"}
-
-
-def snippets(spec: VariantSpec) -> dict[str, str]:
-    """Usage snippets by format: each runs as written in a folder holding the artifacts."""
-    head = _head_name(spec)
-    module = FAMILIES[spec.family]["keras_builder"].split(":")[0]
-    out: dict[str, str] = {}
-    size = spec.preprocessing.get("input_size", spec.image_size)
-    crop_pct = spec.preprocessing.get("crop_pct", 1.0)
-    resize = spec.preprocessing.get("resize_short_side", round(size / crop_pct))
-    out["preprocessing"] = "\n".join([
+def snippets(spec: VariantSpec) -> dict[str, tuple[str, str]]:
+    """Usage snippets by format, {format: (title, code)}: each runs as written in a folder
+    holding the artifacts."""
+    family = get_family(spec.family)
+    head = spec.head_name
+    pre = resolve_preprocessing(spec.preprocessing, spec.image_size)
+    size, scale = pre["input_size"], pre["scale_size"]
+    out: dict[str, tuple[str, str]] = {}
+    out["preprocessing"] = ("Preprocessing a photograph (PIL + numpy)", "\n".join([
         "import numpy as np",
         "from PIL import Image",
         "",
         "# your photograph: Image.open(path).convert(\"RGB\"); a flat colour stands in for it here",
         "image = Image.new(\"RGB\", (640, 480), (200, 120, 60))",
-        f"scale = {resize} / min(image.size)",
+        f"scale = {scale} / min(image.size)",
         "image = image.resize((round(image.width * scale), round(image.height * scale)), "
-        f"Image.{str(spec.preprocessing.get('interpolation', 'bicubic')).upper()})",
+        f"Image.{pre['interpolation'].upper()})",
         f"left, top = (image.width - {size}) // 2, (image.height - {size}) // 2",
         f"image = image.crop((left, top, left + {size}, top + {size}))",
-        f"mean = np.array({spec.preprocessing.get('mean')}, dtype=np.float32)",
-        f"std = np.array({spec.preprocessing.get('std')}, dtype=np.float32)",
+        f"mean = np.array({pre['mean']}, dtype=np.float32)",
+        f"std = np.array({pre['std']}, dtype=np.float32)",
         "images = ((np.asarray(image, dtype=np.float32) / 255.0 - mean) / std)[None]  # NHWC batch of one",
         "print(images.shape, images.dtype)",
-    ])
-    out["keras"] = "\n".join([
+    ]))
+    out["keras"] = ("Keras 3 (`model.keras`)", "\n".join([
         "import keras",
         "import numpy as np",
         "",
-        f"import {module}  # registers the {_FAMILY_SHORT[spec.family]} layers (pip install vit-porting); "
-        "model.keras needs them",
+        f"import {family.keras_module}  # registers the {family.title} layers that model.keras needs "
+        "(pip install vit-porting: Keras and numpy only)",
         "",
         "model = keras.saving.load_model(\"model.keras\", compile=False)",
         *_example_input(spec),
         "outputs = model(images, training=False)  # dict: " + head + " and one <block>_attn map per attention layer",
         f"{head} = keras.ops.convert_to_numpy(outputs[\"{head}\"])",
         _print_result(head, spec),
-    ])
-    out["savedmodel"] = "\n".join([
+    ]))
+    out["savedmodel"] = ("TensorFlow SavedModel (`saved_model/`): `tf.saved_model.load` and `keras.layers.TFSMLayer`",
+                         "\n".join([
         "import keras",
         "import numpy as np",
         "import tensorflow as tf",
@@ -218,8 +183,8 @@ def snippets(spec: VariantSpec) -> dict[str, str]:
         "layer = keras.layers.TFSMLayer(\"saved_model\", call_endpoint=\"serving_default\")",
         f"{head} = keras.ops.convert_to_numpy(layer(images)[\"{head}\"])",
         _print_result(head, spec),
-    ])
-    out["onnx"] = "\n".join([
+    ]))
+    out["onnx"] = ("ONNX Runtime (`model.onnx`)", "\n".join([
         "import numpy as np",
         "import onnxruntime as ort",
         "",
@@ -229,74 +194,22 @@ def snippets(spec: VariantSpec) -> dict[str, str]:
         "outputs = dict(zip(names, session.run(names, {\"images\": images})))",
         f"{head} = outputs[\"{head}\"]",
         _print_result(head, spec),
-    ])
-    if spec.family == "cait":
-        reference = get_variant(spec.name).config if spec.name in FAMILIES[spec.family]["variants"] else None
-        kwargs = {"num_classes": spec.config.num_classes}
-        for field, keyword in _TIMM_CAIT_KWARGS.items():
-            value = getattr(spec.config, field)
-            if reference is None or value != getattr(reference, field):
-                kwargs[keyword] = value
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        out["timm"] = "\n".join([
+    ]))
+    reference = family.reference_snippet(spec)
+    if reference is not None:
+        out["reference"] = (reference.title, "\n".join([
             "import numpy as np",
-            "import timm",
             "import torch",
-            "from safetensors.torch import load_file",
+            *reference.imports,
             "",
-            f"model = timm.create_model({spec.timm_name or spec.name!r}, pretrained=False, {args})",
-            "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)",
-            "model.eval()",
+            *reference.build,
             *_example_input(spec),
+            "x = torch.from_numpy(images).permute(0, 3, 1, 2)  # PyTorch models take NCHW",
             "with torch.no_grad():",
-            f"    {head} = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()  # timm takes NCHW",
+            f"    {head} = {reference.call}.numpy()",
             _print_result(head, spec),
-        ])
-    else:
-        c = spec.config
-        n = c.num_stages
-        cfg = (f"CvtConfig(num_channels={c.in_channels}, patch_sizes={list(c.patch_sizes)}, "
-               f"patch_stride={list(c.patch_strides)}, patch_padding={list(c.patch_paddings)}, "
-               f"embed_dim={list(c.embed_dims)}, num_heads={list(c.num_heads)}, depth={list(c.depths)}, "
-               f"mlp_ratio={list(c.mlp_ratios)}, qkv_bias={list(c.qkv_bias)}, cls_token={list(c.cls_token)}, "
-               f"qkv_projection_method={['dw_bn'] * n}, kernel_qkv={list(c.kernel_qkv)}, "
-               f"padding_kv={list(c.padding_kv)}, stride_kv={list(c.stride_kv)}, padding_q={list(c.padding_q)}, "
-               f"stride_q={list(c.stride_q)}, num_labels={c.num_classes})")
-        lines = [
-            "import numpy as np",
-            "import torch",
-            "from safetensors.torch import load_file",
-            "from transformers import CvtConfig, CvtForImageClassification",
-            "",
-            f"model = CvtForImageClassification({cfg})",
-            "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)",
-        ]
-        if c.activation == "quick_gelu":
-            lines += [
-                "# Microsoft's checkpoints were trained with QuickGELU; transformers' CvT computes exact GELU",
-                "from transformers.activations import QuickGELUActivation",
-                "from transformers.models.cvt.modeling_cvt import CvtIntermediate",
-                "",
-                "for module in model.modules():",
-                "    if isinstance(module, CvtIntermediate):",
-                "        module.activation = QuickGELUActivation()",
-            ]
-        lines += ["model.eval()", *_example_input(spec),
-                  "with torch.no_grad():",
-                  "    logits = model(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2)).logits.numpy()",
-                  _print_result("logits", spec)]
-        out["transformers"] = "\n".join(lines)
+        ]))
     return out
-
-
-_SNIPPET_TITLES = {
-    "preprocessing": "Preprocessing a photograph (PIL + numpy)",
-    "keras": "Keras 3 (`model.keras`)",
-    "savedmodel": "TensorFlow SavedModel (`saved_model/`): `tf.saved_model.load` and `keras.layers.TFSMLayer`",
-    "onnx": "ONNX Runtime (`model.onnx`)",
-    "timm": "PyTorch with timm (`model.safetensors`)",
-    "transformers": "PyTorch with Hugging Face transformers (`model.safetensors`)",
-}
 
 
 def _download_lines(target: str | None, spec: VariantSpec) -> list[str]:
@@ -344,8 +257,7 @@ def render_card(config: dict, report: dict, versions: dict, files: dict[str, dic
     random = _is_random(report, origin, manifest)
     meta = front_matter(spec, origin, random)
     c = spec.config
-    family = {"cait": "CaiT (Class-Attention in Image Transformers)",
-              "cvt": "CvT (Convolutional vision Transformer)"}[spec.family]
+    family = get_family(spec.family).full_name
     passed = bool(report.get("passed"))
     toolkit = versions.get("toolkit") or report.get("toolkit_version")
     body: list[str] = []
@@ -355,14 +267,14 @@ def render_card(config: dict, report: dict, versions: dict, files: dict[str, dic
              f"{family} image classifier `{spec.name}`, ported from PyTorch to Keras 3, TensorFlow SavedModel, "
              f"ONNX and safetensors by vit-porting {toolkit}, with every format checked "
              f"against the PyTorch reference ({report.get('reference', 'PyTorch fp32')}).", "",
-             f"- architecture: {spec.family}, {c.image_size} px, depth {getattr(c, 'depth', '?')}, "
+             f"- architecture: {get_family(spec.family).title}, {c.image_size} px, depth {getattr(c, 'depth', '?')}, "
              f"width {getattr(c, 'embed_dim', '?')}, {c.num_classes} classes"
              + (" (feature extractor)" if c.num_classes == 0 else ""),
              f"- weights: {_source_text(spec, origin)}"]
     for note in origin.get("notes") or []:
         body.append(f"- note: {note}")
     body += [f"- source checkpoint of this variant: {_checkpoint_link(spec)}"
-             + (f" ({spec.preprocessing['pretraining']})" if spec.preprocessing.get("pretraining") else ""),
+             + (f" ({spec.pretraining})" if spec.pretraining else ""),
              f"- license: {spec.license or 'unknown'}",
              f"- parity: **{'PASSED' if passed else 'FAILED'}** on {report.get('inputs', '?')}",
              "", "## Citation", "", spec.paper or "—", ""]
@@ -370,7 +282,7 @@ def render_card(config: dict, report: dict, versions: dict, files: dict[str, dic
     body += ["## Parity", "",
              f"Every runtime below loaded its artifact from disk in its own process and was compared with "
              f"{report.get('reference', 'the PyTorch reference')}. Metric: max |candidate − reference| "
-             f"(normalised: divided by max |reference|) on the `{_head_name(spec)}` output; top-1/top-5: agreement "
+             f"(normalised: divided by max |reference|) on the `{spec.head_name}` output; top-1/top-5: agreement "
              f"of the predicted classes with the reference's.", "", *parity_table(report), ""]
     rt = report.get("roundtrip")
     if rt:
@@ -380,28 +292,27 @@ def render_card(config: dict, report: dict, versions: dict, files: dict[str, dic
     body += ["## Usage", "", *_download_lines(target, spec), "",
              "Each snippet uses the same stand-in input and prints the same top-5 classes (within the "
              "parity tolerance).", ""]
-    for name, code in snippets(spec).items():
-        body += [f"### {_SNIPPET_TITLES[name]}", "", "```python", code, "```", ""]
+    for title, code in snippets(spec).values():
+        body += [f"### {title}", "", "```python", code, "```", ""]
     if files:
         body += ["## Files", "", *_file_lines(files, report), "",
                  f"Check them with `vit-port verify <folder>` (sha256 in `{MANIFEST_NAME}`).", ""]
-    shown = ("toolkit", "python", "torch", "timm", "tensorflow", "keras", "onnx", "onnxruntime", "numpy")
+    shown = ("toolkit", *(k for k in versions if k != "toolkit"))
     body += ["## Versions", "", ", ".join(f"{k} {versions[k]}" for k in shown if versions.get(k)), "",
              f"Generated by vit-porting {toolkit}.", ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)
 
 
-def write_card(folder: Path | str, target: str | None = None, toolkit: str | None = None,
-               versions: dict | None = None) -> Path:
+def write_card(folder: Path | str, target: str | None = None, versions: dict | None = None) -> Path:
     """Write ``folder/README.md`` from its config.json and parity.json (and manifest.json when
-    there is one: versions, random-weights flag); returns its path."""
+    there is one: versions, random-weights flag); returns its path. A port passes the
+    ``versions`` that its manifest records next."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     report = json.loads((folder / "parity.json").read_text())
     manifest = json.loads((folder / MANIFEST_NAME).read_text()) if (folder / MANIFEST_NAME).exists() else None
-    if versions is None:  # a port passes its toolkit version: the versions write_manifest records next
-        versions = runtime_versions(toolkit) if toolkit else (manifest or {}).get("versions") \
-            or runtime_versions(report.get("toolkit_version", "?"))
+    if versions is None:
+        versions = (manifest or {}).get("versions") or runtime_versions(report.get("toolkit_version", "?"))
     files = {k: v for k, v in file_table(folder).items() if k != CARD_NAME}
     text = render_card(config, report, versions, files, target, manifest)
     path = folder / CARD_NAME

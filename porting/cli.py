@@ -1,4 +1,4 @@
-"""Command line: ``vit-port port|parity|verify|publish|list`` (also ``python -m porting.cli``).
+"""Command line: ``vit-port port|parity|verify|publish|eval|attention|list`` (also ``python -m porting.cli``).
 
 The CLI process resolves names and orchestrates; frameworks load only in worker processes.
 """
@@ -11,10 +11,10 @@ from pathlib import Path
 
 from parity.outputs import DEFAULT_BUDGET_MB
 from parity.worker import WorkerError
+from porting.families import FamilyError, UnknownVariantError, add_family, all_variants, get_family, get_variant
 from porting.mapping import MappingFileError
 from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, parse_backends, port, recheck
 from porting.publish import PublishError
-from porting.variants import UnknownVariantError, all_variants, get_variant
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -118,7 +118,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     for name, spec in sorted(all_variants().items()):
         c = spec.config
-        print(f"{name:20s} {spec.family:5s} {c.image_size}px  "
+        print(f"{name:20s} {get_family(spec.family).title:6s} {c.image_size}px  "
               f"{getattr(c, 'embed_dim', '')} dim  depth {getattr(c, 'depth', '')}")
     return 0
 
@@ -141,9 +141,15 @@ def _print_summary(report: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-port", description=__doc__.splitlines()[0])
+    # every command takes --family, so a plug-in family works with each of them
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--family", action="append", default=[], metavar="MODULE:OBJECT",
+                        help="register a model family from outside the package (a porting.families.base.Family "
+                             "object); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("port", help="convert a variant, write artifacts, check parity")
+    p = sub.add_parser("port", parents=[common],
+                       help="convert a variant, write artifacts, check parity")
     p.add_argument("variant")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (timm, HF hub or its cache), 'random', or a .safetensors/.pth path")
@@ -163,19 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "computes its attention maps one image and one group of blocks at a time")
     p.set_defaults(func=cmd_port)
 
-    p = sub.add_parser("parity", help="re-check an existing artifact folder (no conversion) and rewrite its reports")
+    p = sub.add_parser("parity", parents=[common],
+                       help="re-check an existing artifact folder (no conversion) and rewrite its reports")
     p.add_argument("variant")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.add_argument("--backends", default="tensorflow",
                    help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
     p.set_defaults(func=cmd_parity)
 
-    p = sub.add_parser("verify", help="check an artifact folder's files against its manifest.json checksums")
+    p = sub.add_parser("verify", parents=[common],
+                       help="check an artifact folder's files against its manifest.json checksums")
     p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("publish", help="stage (dry run) or upload (--push) an artifact folder with its model card")
+    p = sub.add_parser("publish", parents=[common],
+                       help="stage (dry run) or upload (--push) an artifact folder with its model card")
     p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("--target", required=True,
                    help="hf://owner/name or kaggle://owner/model/framework/variation")
@@ -186,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("eval", help="top-1/top-5 of every runtime on a labelled image folder (writes eval/)")
+    p = sub.add_parser("eval", parents=[common],
+                       help="top-1/top-5 of every runtime on a labelled image folder (writes eval/)")
     p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("data", help="image folder: class subfolders, or flat files with --labels")
     p.add_argument("--runtimes", default=None,
@@ -201,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("attention", help="PNG of the class-attention maps and saliency over one image")
+    p = sub.add_parser("attention", parents=[common],
+                       help="PNG of the class-attention maps and saliency over one image")
     p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("image", help="an image file")
     p.add_argument("--source", choices=("keras", "savedmodel"), default="keras",
@@ -213,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("list", help="list known variants")
+    p = sub.add_parser("list", parents=[common],
+                       help="list known variants")
     p.set_defaults(func=cmd_list)
     return parser
 
@@ -221,8 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for reference in args.family:
+            add_family(reference)
         return args.func(args)
-    except (UnknownVariantError, PortError, MappingFileError, PublishError) as exc:
+    except (UnknownVariantError, FamilyError, PortError, MappingFileError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except WorkerError as exc:

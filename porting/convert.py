@@ -2,7 +2,7 @@
 
 The contract follows KerasHub's converters (a ``convert_weights`` per port and a loader
 that assigns one weight at a time with ``port_weight``), but which tensor goes where is
-declared in ``mappings/<family>.yaml``, not written here.
+declared in the family's YAML mapping, not written here.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from porting.mapping import MappingSpec, load_mapping
+from porting.families import get_family
+from porting.families.base import VariantSpec
+from porting.mapping import MappingSpec
 from porting.tensor_io import LazyArray, SafetensorsReader
-from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
 def build_keras_model(spec: VariantSpec, initializer: str = "zeros", intermediates: bool = False) -> keras.Model:
     """The Keras model of ``spec``; ``zeros`` skips a random init the converter overwrites."""
-    build = load_symbol(spec.family, "keras_builder")
-    return build(spec.config, initializer=initializer, name=spec.name, intermediates=intermediates)
-
-
-def family_mapping(spec: VariantSpec) -> MappingSpec:
-    return load_mapping(FAMILIES[spec.family]["mapping"])
+    return get_family(spec.family).keras().build_keras(spec.config, initializer=initializer, name=spec.name,
+                                                       intermediates=intermediates)
 
 
 def variables_by_path(model: keras.Model) -> dict[str, keras.Variable]:

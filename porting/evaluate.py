@@ -39,8 +39,8 @@ import numpy as np
 from parity.images import resize_and_crop, resolve_preprocessing
 from parity.run_eval import RUNTIMES
 from parity.worker import run_worker
+from porting.families.base import VariantSpec
 from porting.manifest import EVAL_DIR, verify_manifest
-from porting.variants import VariantSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 # what each runtime loads, relative to the artifact folder
@@ -140,16 +140,9 @@ def discover(data: Path | str, class_map: Path | str | None = None, labels: Path
 
 
 def spec_preprocessing(spec: VariantSpec) -> dict:
-    """The transform each checkpoint was trained with, from the variant's preprocessing dict.
-
-    CvT (Hugging Face's ConvNextImageProcessor): below 384 px the short side goes to
-    size / crop_pct, then a centre crop; at 384 px (crop_pct 1.0) the image is resized to
-    384x384 without keeping the aspect ratio, i.e. timm's ``squash``. A dict that names its
-    ``crop_mode`` is taken as it is."""
-    pre = dict(spec.preprocessing)
-    if "crop_mode" not in pre and spec.family == "cvt" and float(pre.get("crop_pct", 0.875)) >= 1.0:
-        pre["crop_mode"] = "squash"
-    return resolve_preprocessing(pre, spec.image_size)
+    """The transform each checkpoint was trained with: the variant's timm-style data config
+    (its family declares crop mode and size), with every field the transform reads filled in."""
+    return resolve_preprocessing(spec.preprocessing, spec.image_size)
 
 
 def prepare_pixels(dataset: Dataset, preprocessing: dict, out: Path, progress: bool = True) -> np.ndarray:

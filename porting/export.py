@@ -76,7 +76,7 @@ def write_saved_model(model, path: Path | str) -> dict:
 
 def write_keras_file(model, path: Path | str) -> dict:
     """``model.keras`` (config + weights); loading needs the custom layers registered
-    (``import porting.cait``, package ``vit_porting``)."""
+    (``import porting.families.<family>.model``, package ``vit_porting``)."""
     model = export_model(model)
     model.save(str(path))
     return {"bytes": Path(path).stat().st_size}

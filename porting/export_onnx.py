@@ -17,24 +17,17 @@ dynamic batch, ``logits`` (or ``features``) and ``<block>_attn`` per attention l
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from porting.families.base import TorchSide
 
 DEFAULT_OPSET = 18
 # Weights past this go to model.onnx.data beside model.onnx. protobuf caps one file at 2 GiB, and
 # a single-file save serialises the whole model in memory first (about 3x the weights: 6.3 GB of
 # peak RSS for cait_m48_448's 1.43 GB), while external data is written one tensor at a time.
 EXTERNAL_DATA_BYTES = 512 * 2**20
-
-
-def family_taps(family: str, model: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], Callable]:
-    """Where each attention map is read ({output name: module whose output is the map}, the
-    modules the parity reference hooks too) and how the model is called on NCHW images."""
-    from porting.variants import load_symbol
-
-    return load_symbol(family, "torch_taps")(model), load_symbol(family, "torch_call")
 
 
 class WithAttentionOutputs(torch.nn.Module):
@@ -44,10 +37,10 @@ class WithAttentionOutputs(torch.nn.Module):
     exported graph computes nothing the model does not already compute.
     """
 
-    def __init__(self, model: torch.nn.Module, family: str):
+    def __init__(self, model: torch.nn.Module, reference: TorchSide):
         super().__init__()
         self.model = model
-        taps, self._call = family_taps(family, model)
+        taps, self._call = reference.reference_taps(model), reference.call_reference
         if not taps:
             raise ValueError(f"{type(model).__name__}: found no attention modules to read maps from")
         self.attention_names = list(taps)
@@ -66,11 +59,11 @@ class WithAttentionOutputs(torch.nn.Module):
         return (head, *[self._maps[k] for k in self.attention_names])
 
 
-def export_onnx(model: torch.nn.Module, family: str, path: Path | str, image_size: int, in_channels: int = 3,
+def export_onnx(model: torch.nn.Module, reference: TorchSide, path: Path | str, image_size: int, in_channels: int = 3,
                 head_name: str = "logits", opset: int = DEFAULT_OPSET,
                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
     """Write ``path`` (and ``path.data`` past ``external_data_bytes`` of weights); returns what was written."""
-    wrapper = WithAttentionOutputs(model.eval(), family).eval()
+    wrapper = WithAttentionOutputs(model.eval(), reference).eval()
     names = [head_name, *wrapper.attention_names]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > external_data_bytes

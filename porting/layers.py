@@ -1,4 +1,4 @@
-"""Pieces both model families use: activations, the initialiser switch, and the MLP.
+"""Keras pieces the model families share: activations, the initialiser switch, the MLP, the class token.
 
 One definition each, registered once with Keras (package ``vit_porting``): two classes under
 one registered name would have the later import silently replace the earlier one in Keras'
@@ -69,3 +69,23 @@ class Mlp(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim,
                 "activation": self.activation, "initializer": self.initializer}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassToken(layers.Layer):
+    """Emits the learned class token broadcast to the batch of the input it is given,
+    (B, 1, C) in the input's dtype."""
+
+    def __init__(self, embed_dim: int, initializer: str = "random", **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim, self.initializer = embed_dim, initializer
+
+    def build(self, input_shape):
+        self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
+                                         initializer=kernel_init(self.initializer))
+
+    def call(self, x):
+        return ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim))
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dim": self.embed_dim, "initializer": self.initializer}

@@ -5,7 +5,8 @@ Format (kept stable; ``vit-port verify`` and the tests recompute it)::
     {"variant": str, "family": str,
      "files": {relative/posix/path: {"size": int, "sha256": hex}},   # every file but manifest.json
      "origin": {...},          # the weights origin of the port
-     "versions": {"python", "torch", "timm", "tensorflow", "keras", "onnx", "onnxruntime", "numpy", "toolkit"},
+     "versions": {"python", "torch", "tensorflow", "keras", "onnx", "onnxruntime", "numpy",
+                  <the family's reference libraries, e.g. "timm">, "toolkit"},
      "parity": {"passed": bool, "report": "parity.json"},
      "created": UTC ISO-8601 time,
      "not_checksummed": {"eval/": why}}   # post-port outputs, see below
@@ -33,7 +34,7 @@ EVAL_DIR = "eval"
 POST_PORT_DIRS = {EVAL_DIR + "/": "evaluation reports written after the port by `vit-port eval`; "
                                   "not artifacts, not checksummed"}
 # distribution names on PyPI for the versions block (read from metadata: nothing is imported)
-_DISTRIBUTIONS = {"torch": "torch", "timm": "timm", "tensorflow": ("tensorflow-cpu", "tensorflow"),
+_DISTRIBUTIONS = {"torch": "torch", "tensorflow": ("tensorflow-cpu", "tensorflow"),
                   "keras": "keras", "onnx": "onnx", "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
                   "numpy": "numpy"}
 
@@ -55,10 +56,12 @@ def _distribution_version(names: str | tuple[str, ...]) -> str | None:
     return None
 
 
-def runtime_versions(toolkit: str) -> dict[str, str | None]:
-    """Versions of the installed frameworks, from package metadata (imports none of them)."""
+def runtime_versions(toolkit: str, libraries: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """Versions of the installed frameworks and of the family's reference ``libraries``, from
+    package metadata (imports none of them)."""
     versions = {"python": platform.python_version()}
     versions.update({key: _distribution_version(dist) for key, dist in _DISTRIBUTIONS.items()})
+    versions.update({name: _distribution_version(name) for name in libraries})
     versions["toolkit"] = toolkit
     return versions
 

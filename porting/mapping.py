@@ -1,6 +1,6 @@
 """The declarative mapping engine: PyTorch state_dict keys <-> Keras variable paths.
 
-A mapping file (``mappings/<family>.yaml``, schema in ``mappings/README.md``) lists rules
+A mapping file (a family's ``<family>.yaml``, schema in ``mappings/README.md``) lists rules
 ``from`` a source key pattern ``to`` a Keras variable path pattern with a named transform.
 The engine is strict: a port is refused, in one error that names every offender, when a
 source key is unused, a Keras variable is unassigned, a key is claimed by two rules, a
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,6 @@ import yaml
 
 from porting.tensor_io import LazyArray
 from porting.transforms import TRANSFORMS, get_transform
-
-MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -93,7 +92,7 @@ class MappingError(ValueError):
         return "\n".join(lines)
 
 
-def _compile_pattern(pattern: str, separator: str) -> tuple[re.Pattern, tuple[str, ...]]:
+def _compile_pattern(pattern: str) -> tuple[re.Pattern, tuple[str, ...]]:
     parts, names, pos = [], [], 0
     for match in _PLACEHOLDER.finditer(pattern):
         parts.append(re.escape(pattern[pos:match.start()]))
@@ -174,6 +173,17 @@ class Rename:
     line: int
 
 
+class _Renames:
+    """``rename_key`` of a file's ``rename`` list (mapping files and rename files)."""
+
+    renames: list[Rename]
+
+    def rename_key(self, key: str) -> str:
+        for rename in self.renames:
+            key = rename.pattern.sub(rename.replace, key)
+        return key
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records each mapping's line and refuses duplicate keys."""
 
@@ -193,9 +203,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
-def read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: Path | Traversable, what: str) -> Any:
     """Parse a mapping or rename file; YAML errors name the file and the line."""
-    if not path.exists():
+    if not path.is_file():
         raise MappingFileError(path, None, f"{what} not found")
     try:
         return yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
@@ -211,7 +221,7 @@ _TOP_KEYS = {"family", "source", "description", "rename", "rules", "drop"}
 
 
 @dataclass
-class MappingSpec:
+class MappingSpec(_Renames):
     path: str
     family: str
     source: str
@@ -221,8 +231,9 @@ class MappingSpec:
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> MappingSpec:
-        path = Path(path)
+    def load(cls, path: str | Path | Traversable) -> MappingSpec:
+        """A mapping file: a path, or a family's package resource (``Family.load_mapping``)."""
+        path = Path(path) if isinstance(path, str) else path
         return cls.from_data(read_yaml(path, "mapping file"), path)
 
     @classmethod
@@ -269,8 +280,8 @@ class MappingSpec:
         if target in targets:
             raise MappingFileError(path, line, f"duplicate target {target!r} (also at line {targets[target]})")
         targets[target] = line
-        source_regex, _ = _compile_pattern(source, ".")
-        target_regex, _ = _compile_pattern(target, "/")
+        source_regex, _ = _compile_pattern(source)
+        target_regex, _ = _compile_pattern(target)
         return Rule(source, target, transform, line, source_regex, target_regex)
 
     @staticmethod
@@ -297,8 +308,8 @@ class MappingSpec:
                 np.dtype(str(spec["dtype"]))
             except TypeError:
                 raise MappingFileError(path, line, f"restore dtype {spec['dtype']!r} is not a numpy dtype") from None
-            restore = Restore(spec["value"], str(spec["dtype"]), beside, _compile_pattern(beside, ".")[0])
-        return Drop(str(entry["key"]), str(entry["reason"]), line, _compile_pattern(str(entry["key"]), ".")[0],
+            restore = Restore(spec["value"], str(spec["dtype"]), beside, _compile_pattern(beside)[0])
+        return Drop(str(entry["key"]), str(entry["reason"]), line, _compile_pattern(str(entry["key"]))[0],
                     restore)
 
     @staticmethod
@@ -312,17 +323,7 @@ class MappingSpec:
             raise MappingFileError(path, entry["__line__"], f"bad rename pattern: {exc}") from None
         return Rename(regex, str(entry["replace"]), entry["__line__"])
 
-    def with_drops(self, drops: dict[str, str]) -> MappingSpec:
-        """This mapping with extra deliberate drops (e.g. the classifier of a feature extractor)."""
-        extra = [Drop(k, r, 0, _compile_pattern(k, ".")[0]) for k, r in drops.items()]
-        return MappingSpec(self.path, self.family, self.source, self.rules, self.drops + extra, self.renames)
-
     # -- forward -----------------------------------------------------------------------------
-    def rename_key(self, key: str) -> str:
-        for rename in self.renames:
-            key = rename.pattern.sub(rename.replace, key)
-        return key
-
     def plan(self, source_shapes: MappingABC[str, tuple], target_shapes: MappingABC[str, tuple],
              keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint") -> dict[str, tuple[str, Rule]]:
         """Check a port without touching data: {target path: (source key, rule)} or MappingError.
@@ -439,8 +440,8 @@ class RenameError(ValueError):
 
 
 @dataclass
-class RenameSpec:
-    """A declarative key-layout change (``mappings/<family>_<layout>.yaml`` with only ``rename``):
+class RenameSpec(_Renames):
+    """A declarative key-layout change (a family's ``<family>_<layout>.yaml`` with only ``rename``):
     regex substitutions applied in order to every key of a checkpoint in another layout.
 
     Strict like the mappings: a key that no substitution changes, or two keys that end up with
@@ -453,8 +454,8 @@ class RenameSpec:
     renames: list[Rename]
 
     @classmethod
-    def load(cls, path: str | Path) -> RenameSpec:
-        path = Path(path)
+    def load(cls, path: str | Path | Traversable) -> RenameSpec:
+        path = Path(path) if isinstance(path, str) else path
         data = read_yaml(path, "rename file")
         if not isinstance(data, dict) or not data.get("rename"):
             raise MappingFileError(path, 1, "a rename file is a YAML mapping with 'family' and a non-empty 'rename'")
@@ -464,11 +465,6 @@ class RenameSpec:
                                    "a rename file has family, source, description and rename")
         renames = [MappingSpec._rename(entry, path) for entry in data["rename"]]
         return cls(str(path), str(data.get("family", "")), str(data.get("source", "")), renames)
-
-    def rename_key(self, key: str) -> str:
-        for rename in self.renames:
-            key = rename.pattern.sub(rename.replace, key)
-        return key
 
     def apply(self, state: MappingABC[str, Any]) -> dict[str, Any]:
         """``state`` with every key renamed (values untouched, order kept)."""
@@ -492,19 +488,3 @@ class RenameSpec:
                 lines.append(f"  keys renamed to one name ({len(collisions)}): " + "; ".join(collisions[:10]))
             raise RenameError("\n".join(lines))
         return out
-
-
-def load_renames(name_or_path: str | Path) -> RenameSpec:
-    """Load ``mappings/<name>`` (a rename file) or an explicit path."""
-    path = Path(name_or_path)
-    if not path.exists() and not path.is_absolute():
-        path = MAPPINGS_DIR / path
-    return RenameSpec.load(path)
-
-
-def load_mapping(name_or_path: str | Path) -> MappingSpec:
-    """Load ``mappings/<name>`` (e.g. ``cait.yaml``) or an explicit path."""
-    path = Path(name_or_path)
-    if not path.exists() and not path.is_absolute():
-        path = MAPPINGS_DIR / path
-    return MappingSpec.load(path)

@@ -26,9 +26,9 @@ from parity.outputs import DEFAULT_BUDGET_MB, OutputsView, read_outputs, split_p
 from parity.report import runtime_summary, write_reports
 from parity.worker import WorkerError, run_worker
 from porting.card import write_card
-from porting.manifest import verify_manifest, write_manifest
-from porting.mapping import load_mapping
-from porting.variants import FAMILIES, VariantSpec
+from porting.families import get_family
+from porting.families.base import VariantSpec
+from porting.manifest import runtime_versions, verify_manifest, write_manifest
 
 TOOLKIT_VERSION = "0.1.0"
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -77,7 +77,7 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
     """The mapping rules feeding the first diverging block (for the report)."""
     if block is None:
         return None
-    mapping = load_mapping(mapping_path or FAMILIES[spec.family]["mapping"])
+    mapping = get_family(spec.family).load_mapping(mapping_path)
     paths = [p for p in weight_paths if p.startswith(block + "/")]
     rules = mapping.rules_feeding(paths)
     return {"block": block, "rules": [{"line": r.line, "from": r.source, "to": r.target,
@@ -183,12 +183,13 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
             summary["localisation"] = localise(mapping_path, spec, block, weight_paths)
         summaries.append(summary)
     devices = sorted(references)
+    source_label = get_family(spec.family).source_label
     return {
         "variant": spec.name, "family": spec.family, "config": spec.to_dict()["config"],
         "passed": bool(summaries) and all(s["passed"] for s in summaries),
         "random_weights": bool(origin.get("random_weights")), "origin": origin,
-        "reference": f"PyTorch ({FAMILIES[spec.family]['source_label']}) fp32 on {', '.join(devices)}",
-        "source_layout": FAMILIES[spec.family]["source_label"],
+        "reference": f"PyTorch ({source_label}) fp32 on {', '.join(devices)}",
+        "source_layout": source_label,
         "inputs": "seeded N(0,1) images", "runtimes": summaries,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "toolkit_version": TOOLKIT_VERSION,
         **(extra or {}),
@@ -306,6 +307,21 @@ def _run_references(spec: VariantSpec, weights: Path, inputs: Path, work: Path, 
     return references, devices
 
 
+def _finish(report: dict, folder: Path, spec: VariantSpec, origin: dict, described: dict, steps: _Steps,
+            roundtrip: dict | None) -> None:
+    """The end both a port and a re-check share: the verdict (a round trip that was not
+    bit-exact fails it), then parity.json/.md, the card, and the manifest last, since it lists
+    every other file."""
+    report["inputs"] = _describe_inputs(described)
+    if roundtrip and not roundtrip.get("bit_exact"):
+        report["passed"] = False
+    report["steps"] = steps.timings
+    write_reports(report, folder)
+    versions = runtime_versions(TOOLKIT_VERSION, get_family(spec.family).reference_libraries)
+    write_card(folder, versions=versions)
+    write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION, versions=versions)
+
+
 def port(spec: VariantSpec, options: PortOptions) -> dict:
     """Port ``spec`` into ``options.out_root/<variant>``; returns the parity report.
 
@@ -377,15 +393,9 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         report = steps.run("comparing outputs", lambda: build_report(
             spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
             extra=extra))
-        report["inputs"] = _describe_inputs(described)
-        if not roundtrip["bit_exact"]:
-            report["passed"] = False
-        report["steps"] = steps.timings
         shutil.rmtree(work)
-        write_reports(report, tmp)
         (tmp / "config.json").write_text(json.dumps({**spec.to_dict(), "origin": origin}, indent=1))
-        write_card(tmp, toolkit=TOOLKIT_VERSION)  # README.md, before the manifest that lists it
-        write_manifest(tmp, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
+        _finish(report, tmp, spec, origin, described, steps, roundtrip)
         _replace_folder(tmp, final, options.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -436,13 +446,7 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
         report = steps.run("comparing outputs", lambda: build_report(
             spec, origin, runs, references, meta["output_order"], meta["weight_paths"], previous.get("mapping"),
             extra=extra))
-        report["inputs"] = _describe_inputs(described)
-        if previous.get("roundtrip") and not previous["roundtrip"].get("bit_exact"):
-            report["passed"] = False
-        report["steps"] = steps.timings
-        write_reports(report, folder)
-        write_card(folder, toolkit=TOOLKIT_VERSION)
-        write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION)
+        _finish(report, folder, spec, origin, described, steps, previous.get("roundtrip"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {folder / 'parity.md'}")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porting.card import CARD_NAME, KAGGLE_LICENSES, hub_license, render_card
+from porting.families.base import VariantSpec
 from porting.manifest import MANIFEST_NAME, read_manifest, sha256_file, verify_manifest
-from porting.variants import VariantSpec
 
 STAGING = ".staging"
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

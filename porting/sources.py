@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from porting.families import get_family
+from porting.families.base import Perturbation, VariantSpec
 from porting.manifest import sha256_file
-from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module")
@@ -136,36 +137,37 @@ def open_checkpoint(path: str | Path) -> MappingABC[str, torch.Tensor]:
     return load_checkpoint(path)
 
 
-def perturb_(model: torch.nn.Module, seed: int, query_key: str | None = None) -> None:
+def perturb_(model: torch.nn.Module, seed: int, rules: Perturbation) -> None:
     """Make every branch of a freshly initialised model matter.
 
     timm initialises LayerScale gammas at 1e-5..1e-6, biases at zero and weights at std 0.02,
     so a port that got a whole branch wrong would still match, and every attention map would
-    be nearly uniform (a transposed q/k would hardly show). So: gammas ~ U(0.1, 1), biases
-    ~ N(0, 0.05), norm weights ~ 1 + N(0, 0.1), query/key projections x5 (peaked attention),
-    and talking-heads mixing matrices ~ I + N(0, 1/heads). ``query_key`` is a regex naming
-    other query/key projection weights to scale (a family's FAMILIES "perturb_query_key").
-    Depthwise convolution kernels (C, 1, k, k) ~ N(0, 1/k^2), so that they pass the signal on at
-    unit scale (at std 0.02 a 3x3 depthwise projection all but silences its branch), and
-    BatchNorm statistics: running_var ~ U(0.5, 1.5), running_mean ~ N(0, 0.1).
+    be nearly uniform (a transposed q/k would hardly show). So: the family's LayerScale gammas
+    ~ U(0.1, 1), its query/key projections x5 (peaked attention) and its talking-heads mixing
+    matrices ~ I + N(0, 1/heads) (``rules``, the family's ``Perturbation``); for every family,
+    biases ~ N(0, 0.05), norm weights ~ 1 + N(0, 0.1), depthwise convolution kernels
+    (C, 1, k, k) ~ N(0, 1/k^2), so that they pass the signal on at unit scale (at std 0.02 a
+    3x3 depthwise projection all but silences its branch), and BatchNorm statistics:
+    running_var ~ U(0.5, 1.5), running_mean ~ N(0, 0.1).
     """
+
+    def matches(pattern: str | None, name: str) -> bool:
+        return pattern is not None and re.search(pattern, name) is not None
+
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            module = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
             noise = torch.randn(param.shape, generator=generator)
-            if leaf.startswith("gamma"):
+            if matches(rules.layer_scale, name):
                 param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.1)
             elif leaf == "bias":
                 param.copy_(noise * 0.05)
             elif param.ndim == 1:  # norm weights
                 param.copy_(1.0 + noise * 0.1)
-            elif module in ("qkv", "q", "k") and ".attn." in f".{name}":
+            elif matches(rules.query_key, name):
                 param.mul_(5.0)
-            elif query_key and re.search(query_key, name):
-                param.mul_(5.0)
-            elif module in ("proj_l", "proj_w"):
+            elif matches(rules.head_mix, name):
                 heads = param.shape[0]
                 param.copy_(torch.eye(heads) + noise / heads**0.5)
             elif param.ndim == 4 and param.shape[1] == 1 and param.shape[2] * param.shape[3] > 1:
@@ -221,24 +223,24 @@ def choose_checkpoint_file(path: Path) -> tuple[Path, str | None]:
 
 
 def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
-                    build_reference=None, new_head: bool = False) -> tuple[dict[str, torch.Tensor], Origin]:
+                    new_head: bool = False) -> tuple[dict[str, torch.Tensor], Origin]:
     """Weights for ``spec`` in canonical layout, and where they came from.
 
-    ``weights`` is ``"pretrained"``, ``"random"`` or a file path. ``build_reference`` builds
-    the PyTorch model of ``spec`` (used for random weights and for a new classifier head).
+    ``weights`` is ``"pretrained"``, ``"random"`` or a file path. The family's reference model
+    is built for random weights, and for a new classifier head only when one is needed.
     """
     torch.manual_seed(seed)
-    family = FAMILIES[spec.family]
-    classifier = family.get("classifier", "head")
+    family = get_family(spec.family)
+    reference = family.torch()
     if weights == "random":
-        reference = build_reference(spec)
-        perturb_(reference, seed, family.get("perturb_query_key"))
-        origin = Origin("random", f"random initialisation ({family['source_label']} init, perturbed), seed {seed}",
+        model = reference.build_reference(spec)
+        perturb_(model, seed, family.perturbation)
+        origin = Origin("random", f"random initialisation ({family.source_label} init, perturbed), seed {seed}",
                         seed=seed)
         # the model's own tensors, not copies: the model is dropped on return (1.4 GB for m48)
-        return {k: v.detach() for k, v in reference.state_dict().items()}, origin
+        return {k: v.detach() for k, v in model.state_dict().items()}, origin
     if weights == "pretrained":
-        state, origin = _load_pretrained(spec)
+        state, origin = reference.load_pretrained(spec)
     else:
         path, note = choose_checkpoint_file(Path(weights).expanduser())
         state = load_checkpoint(path)
@@ -246,42 +248,35 @@ def resolve_weights(spec: VariantSpec, weights: str, seed: int = 0,
         if note:
             origin.notes.append(note)
     state = to_canonical_layout(spec, state, origin)
-    if build_reference is not None:
-        # the PyTorch model is built only if a new head is needed (seconds and GBs for cait_m48_448)
-        state = _reset_classifier(state, lambda: build_reference(spec), classifier, spec.config.num_classes,
-                                  origin, new_head)
-    return state, origin
+    # the PyTorch model is built only if a new head is needed (seconds and GBs for cait_m48_448)
+    return _reset_classifier(state, lambda: reference.build_reference(spec), family.classifier,
+                             spec.config.num_classes, origin, new_head), origin
 
 
 def to_canonical_layout(spec: VariantSpec, state: dict[str, torch.Tensor], origin: Origin) -> dict[str, torch.Tensor]:
     """Rename a checkpoint in one of the family's other key layouts into the canonical one.
 
-    ``FAMILIES[family]["layouts"]`` lists each layout with a ``detect`` regex (matched against
-    the keys) and a declarative rename file (mappings/, see porting.mapping.RenameSpec).
+    Each of the family's ``layouts`` has a ``detect`` regex (matched against the keys) and a
+    declarative rename file (package data, see porting.mapping.RenameSpec).
     """
-    from porting.mapping import MappingFileError, RenameError, load_renames
+    from porting.mapping import MappingFileError, RenameError
 
-    layouts = FAMILIES[spec.family].get("layouts") or {}
-    hits = [name for name, layout in layouts.items() if any(re.search(layout["detect"], k) for k in state)]
+    family = get_family(spec.family)
+    hits = [layout for layout in family.layouts if any(re.search(layout.detect, k) for k in state)]
     if not hits:
         return state
     if len(hits) > 1:
-        raise CheckpointError(f"{origin.description}: keys match several {spec.family} layouts ({', '.join(hits)}); "
-                              "a checkpoint must be in one layout")
-    layout = layouts[hits[0]]
+        raise CheckpointError(f"{origin.description}: keys match several {family.title} layouts "
+                              f"({', '.join(h.name for h in hits)}); a checkpoint must be in one layout")
+    (layout,) = hits
     try:
-        state = load_renames(layout["renames"]).apply(state)
+        state = family.load_renames(layout).apply(state)
     except (RenameError, MappingFileError) as exc:
-        raise CheckpointError(f"{origin.description}: looks like the {hits[0]} layout "
-                              f"({layout.get('description', '')}), but {exc}") from None
-    origin.notes.append(f"{hits[0]} key layout ({layout.get('description', hits[0])}) renamed into the canonical "
-                        f"{FAMILIES[spec.family]['source_label']} layout by mappings/{layout['renames']}")
+        raise CheckpointError(f"{origin.description}: looks like the {layout.name} layout "
+                              f"({layout.description}), but {exc}") from None
+    origin.notes.append(f"{layout.name} key layout ({layout.description}) renamed into the canonical "
+                        f"{family.source_label} layout by {family.package}/{layout.renames}")
     return state
-
-
-def _load_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
-    loader = FAMILIES[spec.family].get("pretrained_loader")
-    return load_symbol(spec.family, "pretrained_loader")(spec) if loader else load_timm_pretrained(spec)
 
 
 def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:

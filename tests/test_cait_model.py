@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from porting.cait import build_cait
+from porting.families import get_family, get_variant
+from porting.families.cait import VARIANTS as CAIT_VARIANTS
+from porting.families.cait.model import build_keras as build_cait
 from porting.layers import exact_gelu
-from porting.mapping import load_mapping
-from porting.variants import CAIT_VARIANTS, get_variant
 
 
 def _small(**overrides):
@@ -82,7 +82,7 @@ def test_variable_paths_are_mapping_targets(name):
     """Every Keras variable path is produced by exactly one rule (readable paths, no strays)."""
     spec = get_variant(name).with_config(depth=1)
     model = build_cait(spec.config, initializer="zeros")
-    rules = load_mapping("cait.yaml").rules
+    rules = get_family("cait").load_mapping().rules
     for w in model.weights:
         assert sum(bool(r.target_regex.match(w.path)) for r in rules) == 1, w.path
 
@@ -90,7 +90,7 @@ def test_variable_paths_are_mapping_targets(name):
 def test_cait_keras_file_reloads_exactly_next_to_cvt(tmp_path):
     """Both families live under one Keras package name: a CaiT file must reload as CaiT (exact
     GELU) in a process that has also imported the CvT layers (QuickGELU by default)."""
-    import porting.cvt  # noqa: F401  (registers the CvT layers too)
+    import porting.families.cvt.model  # noqa: F401  (registers the CvT layers too)
 
     model = build_cait(_small())
     images = np.random.default_rng(1).standard_normal((1, 224, 224, 3)).astype(np.float32)

@@ -13,8 +13,9 @@ import pytest
 from parity.compare import compare_outputs, load_policy
 from parity.inputs import random_images, write_inputs
 from parity.outputs import read_outputs
+from porting.families import get_family, get_variant
+from porting.families.cait import VARIANTS as CAIT_VARIANTS
 from porting.pipeline import PortError, PortOptions, port
-from porting.variants import CAIT_VARIANTS, get_variant
 
 from conftest import ROOT, run_keras_job, run_torch_job
 
@@ -90,10 +91,9 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
     """Full-size timm state_dicts (meta device, no memory) against full-size Keras shapes."""
     import keras
 
-    from porting.cait import build_cait
-    from porting.mapping import load_mapping
+    from porting.families.cait.model import build_keras as build_cait
 
-    mapping = load_mapping("cait.yaml")
+    mapping = get_family("cait").load_mapping()
     all_shapes = run_torch_job({"job": "state_shapes", "specs": [s.to_dict() for s in CAIT_VARIANTS]},
                                tmp_path)["shapes"]
     for spec in CAIT_VARIANTS:

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 from parity.worker import QUIET_ENV, WorkerError
-from porting.mapping import MappingFileError, MappingSpec, RenameError, RenameSpec, load_mapping, load_renames
+from porting.families import get_family, get_variant
+from porting.families.cvt import VARIANTS as CVT_VARIANTS
+from porting.families.cvt import CvTConfig
+from porting.mapping import MappingFileError, MappingSpec, RenameError, RenameSpec
 from porting.pipeline import PortOptions, port
-from porting.variants import CVT_VARIANTS, FAMILIES, CvTConfig, get_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5  # parity/tolerances.yaml, cpu logits row: the tightest bound in the policy
@@ -71,9 +73,7 @@ def test_seven_released_checkpoints_are_registered():
     assert get_variant("cvt-21-384").config.depths == (1, 4, 16)
     assert get_variant("cvt-w24-384-22k").config.embed_dims == (192, 768, 1024)
     assert get_variant("cvt-13-224").preprocessing["crop_pct"] == 0.875
-    for key in ("keras_builder", "torch_reference", "torch_taps", "torch_call", "mapping", "source_label",
-                "config_class"):
-        assert key in FAMILIES["cvt"]
+    assert get_family("cvt").config_class is CvTConfig and get_family("cvt").variants == CVT_VARIANTS
 
 
 def test_config_refuses_bad_values_and_survives_json():
@@ -82,7 +82,7 @@ def test_config_refuses_bad_values_and_survives_json():
     with pytest.raises(ValueError, match="3 stages"):
         CvTConfig(depths=(1, 2, 3), num_heads=(1, 3))
     spec = get_variant("cvt-13-384")
-    from porting.variants import VariantSpec
+    from porting.families.base import VariantSpec
 
     assert VariantSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
@@ -135,7 +135,7 @@ def test_rename_file_is_strict(tmp_path):
         RenameSpec.load(path)
 
 
-# Microsoft's names (lib/models/cls_cvt.py), written independently of mappings/cvt_microsoft.yaml:
+# Microsoft's names (lib/models/cls_cvt.py), written independently of porting/families/cvt/cvt_microsoft.yaml:
 # the port from an original-layout file below proves the rename file is their exact inverse.
 _TO_MICROSOFT = [
     (r"^cvt\.encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.projection\.", r"stage\1.patch_embed.proj."),
@@ -165,7 +165,8 @@ _TO_MICROSOFT = [
 
 
 def test_microsoft_rename_file_names():
-    renames = load_renames(FAMILIES["cvt"]["layouts"]["microsoft"]["renames"])
+    cvt = get_family("cvt")
+    renames = cvt.load_renames(cvt.layouts[0])
     assert renames.rename_key("stage2.blocks.9.attn.conv_proj_v.bn.running_var") == (
         "cvt.encoder.stages.2.layers.9.attention.attention.convolution_projection_value."
         "convolution_projection.normalization.running_var")
@@ -173,7 +174,7 @@ def test_microsoft_rename_file_names():
     assert renames.rename_key("stage1.blocks.0.attn.proj.bias") == (
         "cvt.encoder.stages.1.layers.0.attention.output.dense.bias")
     assert renames.rename_key("head.weight") == "classifier.weight"
-    mapping = load_mapping(FAMILIES["cvt"]["mapping"])
+    mapping = get_family("cvt").load_mapping()
     assert all(d.restore is not None for d in mapping.drops)
 
 
@@ -186,9 +187,9 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
     import keras
 
     from parity.worker import run_worker
-    from porting.cvt import build_cvt
+    from porting.families.cvt.model import build_keras as build_cvt
 
-    mapping = load_mapping(FAMILIES["cvt"]["mapping"])
+    mapping = get_family("cvt").load_mapping()
     # weight shapes depend on the architecture only (no position embedding): one variant of each
     specs = [get_variant(name) for name in ("cvt-13-224", "cvt-21-384-22k", "cvt-w24-384-22k")]
     all_shapes = run_worker("parity.run_torch", {"job": "state_shapes", "specs": [s.to_dict() for s in specs]},
@@ -207,7 +208,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
 def test_keras_layers_serialise_and_activations_differ():
     import keras
 
-    from porting.cvt import build_cvt
+    from porting.families.cvt.model import build_keras as build_cvt
 
     config = CvTConfig(image_size=64, depths=(1, 1, 1), num_classes=5)
     model = build_cvt(config, name="cvt_tiny")
@@ -290,12 +291,14 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
     result = _python("""
         import json, torch
         from parity.inputs import random_images
-        from parity.references import build_hf_cvt, call_hf_image_classifier, hf_cvt_taps, run_reference
+        from parity.references import call_hf_image_classifier, run_reference
+        from porting.families import get_family, get_variant
+        from porting.families.cvt.reference import build_reference as build_hf_cvt
+        from porting.families.cvt.reference import reference_taps as hf_cvt_taps
         from porting.sources import perturb_
-        from porting.variants import FAMILIES, get_variant
         spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
         quick = build_hf_cvt(spec)
-        perturb_(quick, 0, FAMILIES["cvt"]["perturb_query_key"])
+        perturb_(quick, 0, get_family("cvt").perturbation)
         gelu = build_hf_cvt(spec.with_config(activation="gelu"))
         gelu.load_state_dict(quick.state_dict(), strict=True)
         acts = sorted({type(m).__name__ for n, m in quick.named_modules() if n.endswith("intermediate.activation")})
@@ -315,12 +318,13 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
     result = _python(f"""
         import json, re, torch
         from safetensors.torch import save_file
-        from parity.references import build_hf_cvt
+        from porting.families import get_family
+        from porting.families.base import VariantSpec
+        from porting.families.cvt.reference import build_reference as build_hf_cvt
         from porting.sources import perturb_
-        from porting.variants import FAMILIES, VariantSpec
         spec = VariantSpec.from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))
         model = build_hf_cvt(spec)
-        perturb_(model, 3, FAMILIES["cvt"]["perturb_query_key"])
+        perturb_(model, 3, get_family("cvt").perturbation)
         state = {{k: v.detach().clone() for k, v in model.state_dict().items()}}
         save_file(state, "hf.safetensors")
         renames = {json.dumps(_TO_MICROSOFT)}

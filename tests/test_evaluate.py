@@ -24,9 +24,9 @@ from parity.images import preprocess_image, resize_and_crop
 from parity.worker import run_worker
 from porting.attention_viz import class_attention_maps
 from porting.evaluate import EvalError, EvalOptions, discover, evaluate, spec_preprocessing
+from porting.families import get_variant
 from porting.manifest import read_manifest, verify_manifest
 from porting.pipeline import PortOptions, port
-from porting.variants import get_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"
@@ -251,7 +251,7 @@ def test_attention_png_draws_the_model_outputs(ported, data, tmp_path):
     import keras
     from PIL import Image
 
-    import porting.cait  # noqa: F401  (registers the layers for load_model)
+    import porting.families.cait.model  # noqa: F401  (registers the layers for load_model)
     from porting.attention_viz import attention_figure
 
     image = data[0] / "rocket" / "crop.jpg"  # non-square

@@ -21,9 +21,9 @@ import pytest
 
 from parity.compare import compare_outputs
 from parity.worker import QUIET_ENV
+from porting.families import get_variant
 from porting.manifest import MANIFEST_NAME, verify_manifest
 from porting.pipeline import PortOptions, port
-from porting.variants import get_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"
@@ -59,12 +59,12 @@ def ported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_outputs(ported):
-    """model.keras reloaded in a fresh process (``import porting.cait`` registers its layers),
+    """model.keras reloaded in a fresh process (``import porting.families.cait.model`` registers its layers),
     run on the test images, then fine-tuned for one step."""
     _, folder, root = ported
     result = _python(f"""
         import json, numpy as np, keras
-        import porting.cait  # registers the vit_porting layers
+        import porting.families.cait.model  # registers the vit_porting layers
         model = keras.saving.load_model({str(folder / "model.keras")!r})
         images = np.load({str(root / "images.npy")!r})
         out = {{k: keras.ops.convert_to_numpy(v) for k, v in model(images, training=False).items()}}
@@ -203,10 +203,10 @@ def test_safetensors_loads_into_timm_strictly(ported):
     result = _python(f"""
         import json, torch, timm
         from safetensors.torch import load_file
-        from parity.references import timm_cait_kwargs
-        from porting.variants import get_variant
+        from porting.families import get_variant
+        from porting.families.cait import timm_kwargs
         spec = get_variant({VARIANT!r}).with_config(depth={DEPTH})
-        model = timm.create_model({VARIANT!r}, pretrained=False, **timm_cait_kwargs(spec))
+        model = timm.create_model({VARIANT!r}, pretrained=False, **timm_kwargs(spec.config))
         state = load_file({str(folder / "model.safetensors")!r})
         missing, unexpected = model.load_state_dict(state, strict=True)
         print(json.dumps({{"tensors": len(state), "model": len(model.state_dict())}}))

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from porting.mapping import MappingError, MappingFileError, MappingSpec, load_mapping
+from porting.families import get_family
+from porting.mapping import MappingError, MappingFileError, MappingSpec
 from porting.transforms import TRANSFORMS, get_transform, register_transform
 
 RULES = """
@@ -163,7 +164,7 @@ def test_a_family_can_register_a_transform_without_touching_the_engine(tmp_path)
 
 
 def test_cait_mapping_file_loads():
-    spec = load_mapping("cait.yaml")
+    spec = get_family("cait").load_mapping()
     assert spec.family == "cait" and len(spec.rules) >= 40
     assert {r.transform for r in spec.rules} == {"identity", "linear", "conv2d"}
 

@@ -17,10 +17,10 @@ import kagglehub
 import pytest
 
 from porting.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
+from porting.families import get_variant
 from porting.manifest import read_manifest, sha256_file, verify_manifest, write_manifest
 from porting.pipeline import TOOLKIT_VERSION, PortOptions, port
 from porting.publish import PublishError, parse_target, publish, stage
-from porting.variants import get_variant
 
 from conftest import ROOT
 
@@ -134,8 +134,8 @@ def test_port_writes_a_card_the_manifest_covers(ported):
     # a snippet per format, the timm one with this port's reduced depth
     blocks = python_blocks(body)
     joined = "\n".join(blocks)
-    for needle in ("keras.saving.load_model(\"model.keras\"", "import porting.cait", "tf.saved_model.load(",
-                   "keras.layers.TFSMLayer(", "ort.InferenceSession(\"model.onnx\"",
+    for needle in ("keras.saving.load_model(\"model.keras\"", "import porting.families.cait.model",
+                   "tf.saved_model.load(", "keras.layers.TFSMLayer(", "ort.InferenceSession(\"model.onnx\"",
                    "timm.create_model('cait_xxs24_224', pretrained=False, num_classes=1000, depth=1)",
                    "load_file(\"model.safetensors\")"):
         assert needle in joined, needle
@@ -159,7 +159,7 @@ def test_card_of_a_trained_checkpoint_and_of_cvt(ported):
     assert meta["base_model"] == "microsoft/cvt-13-384-22k" and "transformers" in meta["tags"]
     blocks = python_blocks(body)
     assert any("CvtForImageClassification" in b and "QuickGELUActivation" in b for b in blocks)
-    assert any("import porting.cvt" in b for b in blocks)
+    assert any("import porting.families.cvt.model" in b for b in blocks)
     for block in blocks:
         compile(block, "<card>", "exec")
 

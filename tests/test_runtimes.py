@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from parity.images import PHOTOS
+from porting.families import get_variant
 from porting.manifest import verify_manifest
 from porting.pipeline import PortError, PortOptions, port, recheck
-from porting.variants import get_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"

@@ -14,8 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from porting import pipeline
+from porting.families import get_variant
 from porting.pipeline import PortOptions, port
-from porting.variants import get_variant
 
 from conftest import ROOT, run_torch_job
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from porting.families import get_variant
 from porting.manifest import verify_manifest
 from porting.pipeline import PortOptions, port
-from porting.variants import get_variant
 
 pytestmark = pytest.mark.slow
 

@@ -165,7 +165,7 @@ def test_eager_walker_equals_keras_call(family):
     import keras
 
     from porting.convert import KerasRunner, build_keras_model, call_functional
-    from porting.variants import get_variant
+    from porting.families import get_variant
 
     spec = (get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=7) if family == "cait"
             else get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64, num_classes=7))
@@ -192,8 +192,8 @@ def test_eager_walker_equals_keras_call(family):
 def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_path, quiet_log):
     """End to end with outputs far over the budget: every runtime computes one image and one group
     of outputs per call (the reference streams its hooks), and parity still holds."""
+    from porting.families import get_variant
     from porting.pipeline import PortOptions, port
-    from porting.variants import get_variant
 
     spec = get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=10)
     report = port(spec, PortOptions(weights="random", out_root=tmp_path, photos=False, output_budget_mb=0.005,

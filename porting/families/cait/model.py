@@ -1,11 +1,12 @@
-"""CaiT (Touvron et al., "Going deeper with Image Transformers") in Keras 3.
+"""CaiT (Touvron et al., "Going deeper with Image Transformers") in Keras 3: the family's Keras side.
 
 Mirrors timm's ``models/cait.py`` block for block, so that a mapping rule can be read off
 both models side by side: ``blocks.3.attn.qkv.weight`` in timm is ``blocks_3/attn/qkv/kernel``
 here. Every attention layer also returns its attention map, because ported models are
 checked (and explained) through them.
 
-Written with ``keras.ops`` only, so it runs on every Keras backend.
+Written with ``keras.ops`` only, so it runs on every Keras backend; imports Keras and nothing
+else of the porting stack, so opening a ``model.keras`` needs this package's base install only.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from porting.layers import PACKAGE, Mlp, kernel_init
-from porting.variants import CaiTConfig
+from porting.families.cait import CaiTConfig
+from porting.layers import PACKAGE, ClassToken, Mlp, kernel_init
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -201,26 +202,7 @@ class AddPositionEmbedding(layers.Layer):
                 "initializer": self.initializer}
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ClassToken(layers.Layer):
-    """Emits the learned class token broadcast to the batch of the input it is given."""
-
-    def __init__(self, embed_dim: int, initializer: str = "random", **kwargs):
-        super().__init__(**kwargs)
-        self.embed_dim, self.initializer = embed_dim, initializer
-
-    def build(self, input_shape):
-        self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
-                                         initializer=kernel_init(self.initializer))
-
-    def call(self, x):
-        return ops.broadcast_to(self.cls_token, (ops.shape(x)[0], 1, self.embed_dim))
-
-    def get_config(self):
-        return {**super().get_config(), "embed_dim": self.embed_dim, "initializer": self.initializer}
-
-
-def build_cait(config: CaiTConfig, initializer: str = "random", name: str = "cait",
+def build_keras(config: CaiTConfig, initializer: str = "random", name: str = "cait",
                intermediates: bool = False) -> keras.Model:
     """Functional CaiT returning a dict: ``logits`` (or ``features`` when ``num_classes == 0``)
     and one attention map per block, named after the block (``blocks_0_attn`` ...,

@@ -18,7 +18,8 @@ Numerics that matter (each measured as a real porting bug, see docs/cvt.md):
   convolution (and the stride-2 k/v projections) asymmetrically, so padding is explicit.
 * BatchNorm in the projections runs in inference mode on the checkpoint's running statistics.
 
-Written with ``keras.ops`` only, so it runs on every Keras backend.
+Written with ``keras.ops`` only, so it runs on every Keras backend; imports Keras and nothing
+else of the porting stack (see the CaiT model).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from porting.layers import PACKAGE, Mlp, kernel_init
-from porting.variants import CvTConfig
+from porting.families.cvt import CvTConfig
+from porting.layers import PACKAGE, ClassToken, Mlp, kernel_init
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -227,26 +228,6 @@ class CvTBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PrependClassToken(layers.Layer):
-    """Puts the learned class token in front of the tokens: (B, N, C) -> (B, 1 + N, C)."""
-
-    def __init__(self, embed_dim: int, initializer: str = "random", **kwargs):
-        super().__init__(**kwargs)
-        self.embed_dim, self.initializer = embed_dim, initializer
-
-    def build(self, input_shape):
-        self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
-                                         initializer=kernel_init(self.initializer))
-
-    def call(self, x):
-        cls_token = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim))
-        return ops.concatenate([cls_token, x], axis=1)
-
-    def get_config(self):
-        return {**super().get_config(), "embed_dim": self.embed_dim, "initializer": self.initializer}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class TokensToGrid(layers.Layer):
     """Splits off the class token (if any) and folds the other tokens back into an NHWC grid.
 
@@ -292,7 +273,7 @@ def stage_grid_sizes(config: CvTConfig) -> list[int]:
     return sizes
 
 
-def build_cvt(config: CvTConfig, initializer: str = "random", name: str = "cvt",
+def build_keras(config: CvTConfig, initializer: str = "random", name: str = "cvt",
               intermediates: bool = False) -> keras.Model:
     """Functional CvT returning a dict: ``logits`` (or ``features`` when ``num_classes == 0``),
     ``cls_token`` (the last stage's class token before the final norm, (B, 1, C)), and one
@@ -310,7 +291,8 @@ def build_cvt(config: CvTConfig, initializer: str = "random", name: str = "cvt",
         x = ConvEmbedding(c.embed_dims[s], c.patch_sizes[s], c.patch_strides[s], c.patch_paddings[s],
                           c.layer_norm_eps, initializer, name=f"stage{s}_embedding")(grid)
         if with_cls:
-            x = PrependClassToken(c.embed_dims[s], initializer, name=f"stage{s}_cls_token")(x)
+            cls = ClassToken(c.embed_dims[s], initializer, name=f"stage{s}_cls_token")(x)
+            x = layers.Concatenate(axis=1, name=f"stage{s}_prepend_cls")([cls, x])
         for j in range(c.depths[s]):
             block = f"stage{s}_blocks_{j}"
             x, attn = CvTBlock(c.embed_dims[s], c.num_heads[s], (side, side), with_cls, c.mlp_ratios[s],

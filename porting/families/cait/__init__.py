@@ -1,0 +1,105 @@
+"""CaiT (Touvron et al., "Going deeper with Image Transformers"): timm's ``models/cait.py``.
+
+The family object, its config and its ten timm variants. Standard library only (see
+``porting.families.base``); the Keras model is ``model.py``, the timm reference ``reference.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from porting.families.base import ClassAttention, Family, Perturbation, ReferenceSnippet, VariantSpec
+
+
+@dataclass(frozen=True)
+class CaiTConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
+    depth: int = 24
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    depth_token_only: int = 2
+    mlp_ratio_token_only: float = 4.0
+    init_values: float = 1e-5
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+# CaiTConfig field -> timm Cait keyword; the reference and the card's timm snippet both use it
+TIMM_KWARGS = {"image_size": "img_size", "patch_size": "patch_size", "in_channels": "in_chans",
+               "num_classes": "num_classes", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
+               "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias", "depth_token_only": "depth_token_only",
+               "mlp_ratio_token_only": "mlp_ratio_token_only", "init_values": "init_values"}
+
+
+def timm_kwargs(config: CaiTConfig) -> dict:
+    return {keyword: getattr(config, field) for field, keyword in TIMM_KWARGS.items()}
+
+
+_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _cait(name: str, image_size: int, embed_dim: int, depth: int, num_heads: int,
+          init_values: float) -> VariantSpec:
+    return VariantSpec(
+        name=name, family="cait",
+        config=CaiTConfig(image_size=image_size, embed_dim=embed_dim, depth=depth,
+                          num_heads=num_heads, init_values=init_values),
+        timm_name=name, pretrained_tag=f"{name}.fb_dist_in1k",
+        preprocessing={**_IMAGENET, "input_size": image_size, "crop_pct": 1.0, "interpolation": "bicubic"},
+        paper="Touvron et al., Going deeper with Image Transformers, ICCV 2021 (arXiv:2103.17239)",
+        license="apache-2.0", datasets=("imagenet-1k",),
+        pretraining="ImageNet-1k (with distillation)",
+    )
+
+
+VARIANTS = (
+    _cait("cait_xxs24_224", 224, 192, 24, 4, 1e-5),
+    _cait("cait_xxs24_384", 384, 192, 24, 4, 1e-5),
+    _cait("cait_xxs36_224", 224, 192, 36, 4, 1e-5),
+    _cait("cait_xxs36_384", 384, 192, 36, 4, 1e-5),
+    _cait("cait_xs24_384", 384, 288, 24, 6, 1e-5),
+    _cait("cait_s24_224", 224, 384, 24, 8, 1e-5),
+    _cait("cait_s24_384", 384, 384, 24, 8, 1e-5),
+    _cait("cait_s36_384", 384, 384, 36, 8, 1e-6),
+    _cait("cait_m36_384", 384, 768, 36, 16, 1e-6),
+    _cait("cait_m48_448", 448, 768, 48, 16, 1e-6),
+)
+
+
+class CaiTFamily(Family):
+    def hub_repo(self, spec: VariantSpec) -> str | None:
+        return f"timm/{spec.pretrained_tag}" if spec.pretrained_tag else None
+
+    def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
+        # only what differs from timm's registered variant, so the line reads like timm's docs
+        registered = self.variant_map().get(spec.name)
+        base = timm_kwargs(registered.config) if registered else {}
+        kwargs = {k: v for k, v in timm_kwargs(spec.config).items() if k == "num_classes" or base.get(k) != v}
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        return ReferenceSnippet(
+            title="PyTorch with timm (`model.safetensors`)",
+            imports=("import timm", "from safetensors.torch import load_file"),
+            build=(f"model = timm.create_model({spec.timm_name or spec.name!r}, pretrained=False, {args})",
+                   "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)",
+                   "model.eval()"),
+            call="model(x)")
+
+    def class_attention(self, spec: VariantSpec) -> ClassAttention:
+        return ClassAttention(r"blocks_token_only_(\d+)_attn", title="class-attention blocks")
+
+
+FAMILY = CaiTFamily(
+    name="cait", title="CaiT", full_name="CaiT (Class-Attention in Image Transformers)",
+    package=__name__, config_class=CaiTConfig, variants=VARIANTS, mapping="cait.yaml", source_label="timm",
+    reference_libraries=("timm",), library_tag="timm",
+    perturbation=Perturbation(layer_scale=r"\.gamma_[12]$", query_key=r"\.attn\.(qkv|q|k)\.weight$",
+                              head_mix=r"\.attn\.proj_[lw]\.weight$"),
+)

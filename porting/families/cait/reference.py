@@ -1,0 +1,21 @@
+"""The PyTorch reference of CaiT: timm's ``Cait``, its attention maps read by forward hooks."""
+
+from __future__ import annotations
+
+import torch
+
+from parity.references import call_timm as call_reference
+from parity.references import timm_attention_taps as reference_taps
+from porting.families.base import VariantSpec
+from porting.families.cait import timm_kwargs
+from porting.sources import load_timm_pretrained as load_pretrained
+
+__all__ = ["build_reference", "call_reference", "load_pretrained", "reference_taps"]
+
+
+def build_reference(spec: VariantSpec) -> torch.nn.Module:
+    import timm
+
+    if spec.config.layer_norm_eps != 1e-6:
+        raise ValueError("timm's CaiT has LayerNorm eps 1e-6; a reference with another eps does not exist")
+    return timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs(spec.config)).eval()
