@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run model.keras (default) or saved_model/")
     p.add_argument("--png", default=None, help="output PNG (default <folder>/eval/attention_<image>.png)")
     p.add_argument("--blocks", choices=("default", "all"), default="default",
-                   help="CvT: 'all' draws every block of the last stage (default: the last block)")
+                   help="'all' draws every block the family names, where by default it draws only the last (CvT)")
     p.add_argument("--dpi", type=int, default=60, help="PNG resolution (default 60)")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_attention)

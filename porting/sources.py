@@ -296,7 +296,7 @@ def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], 
             failures.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     else:
         raise _unavailable(f"{spec.name} (Hugging Face repo {repo})", repo, "; ".join(failures),
-                           "the repo's model.safetensors / pytorch_model.bin, or Microsoft's original CvT .pth")
+                           "the repo's model.safetensors / pytorch_model.bin, or a checkpoint of the original code")
     state = load_checkpoint(path)
     return state, Origin("pretrained", f"Hugging Face {repo} ({filename})", file=str(path), sha256=sha256_file(path))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import huggingface_hub
 import kagglehub
+import numpy as np
 import pytest
 
 from porting.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
@@ -330,3 +331,44 @@ def test_push_to_kaggle_calls_model_upload(ported, tmp_path, tokens, fake_networ
     log = "\n".join(lines)
     assert "Uploaded: https://www.kaggle.com/models/vit-porting-tests/cait-xxs24" in log
     assert FAKE_KAGGLE_KEY not in log and FAKE_HF_TOKEN not in log
+
+
+_BLOCK_PORTING_STACK = '''
+import sys
+
+
+class _Refuse:
+    """A meta-path finder refusing the porting stack: what a Keras user has not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime",
+                                  "onnxscript", "yaml", "safetensors", "huggingface_hub", "kagglehub"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
+
+
+sys.meta_path.insert(0, _Refuse())
+'''
+
+
+def test_keras_snippet_runs_without_the_porting_stack(ported, tmp_path):
+    """The card's own Keras snippet, run where torch, timm, transformers, ONNX, yaml and
+    safetensors cannot be imported, opens model.keras and gives the logits the card's timm
+    snippet computes from model.safetensors (within the parity tolerance)."""
+    from parity.compare import load_policy
+
+    folder, _ = ported
+    card = (folder / CARD_NAME).read_text()
+    keras_block = next(b for b in python_blocks(card) if "keras.saving.load_model" in b)
+    timm_block = next(b for b in python_blocks(card) if "timm.create_model" in b)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    logits = {}
+    for name, code in (("keras", _BLOCK_PORTING_STACK + keras_block), ("timm", timm_block)):
+        out = tmp_path / f"{name}.json"
+        code += f"\nimport json\njson.dump(logits.tolist(), open({str(out)!r}, 'w'))\n"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{name} snippet failed:\n{proc.stderr[-3000:]}"
+        logits[name] = np.asarray(json.loads(out.read_text()))
+    tolerance = load_policy()["cpu"]["logits"]["max_normalized_diff"]
+    assert logits["keras"].shape == logits["timm"].shape == (1, 1000)
+    assert np.abs(logits["keras"] - logits["timm"]).max() / np.abs(logits["timm"]).max() <= tolerance
