@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from parity.images import PHOTOS
-from porting.families import get_variant
+from porting.families import get_family, get_variant
 from porting.manifest import verify_manifest
 from porting.pipeline import PortError, PortOptions, port, recheck
 
@@ -124,7 +124,7 @@ def test_parity_subcommand_rechecks_without_converting(ported):
 def test_wrong_mapping_is_caught_and_localised(tmp_path):
     """attn.proj.weight without its transpose: square, so the shape check passes, the round trip
     is still bit-exact (the same mistake both ways), and only parity can catch it."""
-    text = (ROOT / "mappings" / "cait.yaml").read_text()
+    text = get_family("cait").resource("cait.yaml").read_text()
     line = "  - {from: 'blocks.{i}.attn.proj.weight', to: 'blocks_{i}/attn/proj/kernel', transform: linear}"
     assert text.count(line) == 1
     broken = tmp_path / "cait_broken.yaml"
