@@ -31,6 +31,22 @@ def timm_attention_taps(model: torch.nn.Module, intermediates: bool = False) -> 
     return taps
 
 
+def write_timm_config(model: torch.nn.Module, folder: str, model_args: dict, labels: dict | None) -> str:
+    """timm's own config.json for ``model`` (``save_config_for_hf``, what ``push_to_hf_hub``
+    writes): ``timm.create_model("local-dir:<folder>")`` and ``"hf-hub:owner/name"`` read it.
+    ``model_args`` are the keywords that differ from timm's registered variant."""
+    from pathlib import Path
+
+    from timm.models._hub import save_config_for_hf
+
+    model_config = {}
+    if labels:
+        model_config = {"label_names": labels["names"],
+                        "label_descriptions": dict(zip(labels["names"], labels["descriptions"], strict=True))}
+    save_config_for_hf(model, Path(folder) / "config.json", model_config=model_config, model_args=model_args or None)
+    return "config.json"
+
+
 def call_timm(model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.Tensor:
     return model(images_nchw)
 

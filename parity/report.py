@@ -74,7 +74,7 @@ def _exports_section(report: dict) -> list[str]:
     lines = ["", "## Artifacts", ""]
     sm = exports.get("saved_model")
     if sm:
-        lines.append(f"- `saved_model/` (signature `serving_default`, input `images` NHWC): "
+        lines.append(f"- `saved_model/` (signatures `serving_default`, `features`, `attention`; input `images` NHWC): "
                      f"{sm['bytes'] / 1e6:.1f} MB, {sm['size_ratio']:.3f}x the weight bytes "
                      f"({sm['weight_bytes'] / 1e6:.1f} MB).")
     if exports.get("keras"):

@@ -22,6 +22,7 @@ import numpy as np
 
 from parity.images import normalize
 from parity.worker import worker_main
+from porting.export import ATTENTION_SIGNATURE
 from porting.families import get_family
 from porting.families.base import VariantSpec
 
@@ -108,6 +109,9 @@ def job_predict(job: dict) -> dict:
     for start in range(0, n, batch):
         images = normalize(pixels[start:start + batch], job["mean"], job["std"])
         out = run(images)
+        if start == 0:  # the first call traces or compiles: speed is timed from the second batch on
+            info["warmup_seconds"] = time.perf_counter() - run_start
+            timed_start = time.perf_counter()
         if logits is None:
             logits = np.lib.format.open_memmap(job["out"], mode="w+", dtype=np.float32, shape=(n, out.shape[-1]))
         logits[start:start + len(out)] = out
@@ -119,6 +123,7 @@ def job_predict(job: dict) -> dict:
         raise EvalJobError("no images to evaluate")
     logits.flush()
     info["run_seconds"] = time.perf_counter() - run_start
+    info["timed_images"], info["timed_seconds"] = n - min(batch, n), time.perf_counter() - timed_start
     return {"runtime": runtime, "images": n, "classes": int(logits.shape[-1]), **info}
 
 
@@ -136,7 +141,7 @@ def job_attention(job: dict) -> dict:
     elif job["source"] == "savedmodel":
         import tensorflow as tf
 
-        signature = tf.saved_model.load(job["model"]).signatures["serving_default"]
+        signature = tf.saved_model.load(job["model"]).signatures[ATTENTION_SIGNATURE]
         outputs = {k: v.numpy() for k, v in signature(images=tf.constant(image)).items()}
     else:
         raise EvalJobError(f"unknown attention source {job['source']!r} (keras, savedmodel)")

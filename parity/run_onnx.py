@@ -1,4 +1,6 @@
-"""ONNX Runtime worker: check ``model.onnx`` and run it on one execution provider.
+"""ONNX Runtime worker: check ``model.onnx`` and ``model_attention.onnx`` and run them on one
+execution provider: every output from the attention file, then the head output again from
+``model.onnx``, which serving users load, written over the first.
 
 ``python -m parity.run_onnx JOB.json``; imports onnx and onnxruntime only.
 """
@@ -34,6 +36,32 @@ def describe(path: str) -> dict:
             "outputs": [o.name for o in model.graph.output]}
 
 
+def _session(path: str, provider: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Memory, not speed (benchmarks/ time ONNX Runtime with its defaults): the arena would keep the
+    # largest call's buffers for the life of the session, and pre-packed MatMul weights are a
+    # second copy of them (0.4 GB of cait_m48_448's 1.4 GB). Measured on cait_m48_448, one image:
+    # 5.0 GB peak with the defaults, 3.5 GB without either.
+    options.enable_cpu_mem_arena = False
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(path, options, providers=[provider])
+
+
+def _runner(session):
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+
+    def run(images: np.ndarray, wanted: list[str] | None = None) -> dict[str, np.ndarray]:
+        # ONNX Runtime holds every graph output until a run returns, fetched or not, so a subset
+        # saves only the copies handed back
+        wanted = wanted or names
+        return dict(zip(wanted, session.run(wanted, {input_name: np.ascontiguousarray(images)}), strict=True))
+
+    return run, {o.name: o.shape for o in session.get_outputs()}
+
+
 def job_run(job: dict) -> dict:
     import onnxruntime as ort
 
@@ -42,30 +70,19 @@ def job_run(job: dict) -> dict:
     if provider not in ort.get_available_providers():
         raise ProviderUnavailable(f"onnxruntime {ort.__version__} has no {provider}")
     info = describe(job["model"])
-    options = ort.SessionOptions()
-    if job.get("threads"):
-        options.intra_op_num_threads = int(job["threads"])
-    # Memory, not speed (benchmarks/ time ONNX Runtime with its defaults): the arena would keep the
-    # largest call's buffers for the life of the session, and pre-packed MatMul weights are a
-    # second copy of them (0.4 GB of cait_m48_448's 1.4 GB). Measured on cait_m48_448, one image:
-    # 5.0 GB peak with the defaults, 3.5 GB without either.
-    options.enable_cpu_mem_arena = False
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(job["model"], options, providers=[provider])
-    names = [o.name for o in session.get_outputs()]
-    head = next(k for k in names if k in ("logits", "features"))
-    input_name = session.get_inputs()[0].name
-
-    def run(images: np.ndarray, wanted: list[str] | None = None) -> dict[str, np.ndarray]:
-        # ONNX Runtime holds every graph output until a run returns, fetched or not, so a subset
-        # saves only the copies handed back
-        wanted = wanted or names
-        return dict(zip(wanted, session.run(wanted, {input_name: np.ascontiguousarray(images)}), strict=True))
-
-    shapes = static_shapes({o.name: o.shape for o in session.get_outputs()})
-    calls = run_on_inputs(run, job["inputs"], head, OutputStore(job["outputs"]), shapes,
-                          job.get("budget_mb", DEFAULT_BUDGET_MB))
-    return {**info, "onnxruntime": ort.__version__, "provider": session.get_providers()[0], "calls": calls}
+    head = info["outputs"][0]
+    budget = job.get("budget_mb", DEFAULT_BUDGET_MB)
+    store = OutputStore(job["outputs"])
+    # one session at a time: two would hold the weights twice
+    session = _session(job["attention_model"], provider)
+    run, shapes = _runner(session)
+    calls = run_on_inputs(run, job["inputs"], head, store, static_shapes(shapes), budget)
+    del session, run
+    session = _session(job["model"], provider)
+    run, shapes = _runner(session)
+    run_on_inputs(run, job["inputs"], head, store, static_shapes(shapes), budget)
+    return {**info, "attention_outputs": describe(job["attention_model"])["outputs"], "onnxruntime": ort.__version__,
+            "provider": session.get_providers()[0], "calls": calls}
 
 
 def main(argv: list[str] | None = None) -> None:

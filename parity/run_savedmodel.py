@@ -1,5 +1,6 @@
-"""SavedModel worker: load ``saved_model/`` with ``tf.saved_model.load`` and run its
-``serving_default`` signature, as TF Serving or a plain TensorFlow user would.
+"""SavedModel worker: load ``saved_model/`` with ``tf.saved_model.load`` and run its signatures,
+as TF Serving or a plain TensorFlow user would: the head output from ``serving_default``, the
+attention maps from ``attention``.
 
 ``python -m parity.run_savedmodel JOB.json``; imports TensorFlow only (no Keras model code,
 no torch): the artifact has to stand on its own.
@@ -11,6 +12,7 @@ import numpy as np
 
 from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
 from parity.worker import worker_main
+from porting.export import ATTENTION_SIGNATURE, SIGNATURE_KEY
 
 
 def job_run(job: dict) -> dict:
@@ -25,19 +27,25 @@ def job_run(job: dict) -> dict:
     import tensorflow as tf
 
     loaded = tf.saved_model.load(job["saved_model"])
-    signature = loaded.signatures[job.get("signature", "serving_default")]
-    outputs = sorted(signature.structured_outputs)
-    head = next(k for k in outputs if k in ("logits", "features"))
+    serve, maps = loaded.signatures[SIGNATURE_KEY], loaded.signatures[ATTENTION_SIGNATURE]
+    (head,) = serve.structured_outputs
+    outputs = sorted(maps.structured_outputs)
 
     def run(images: np.ndarray, names: list[str] | None = None) -> dict:
-        result = signature(images=tf.constant(images))
-        return {k: result[k] for k in (names or outputs)}
+        names = names or outputs
+        result = {head: serve(images=tf.constant(images))[head]} if head in names else {}
+        rest = [k for k in names if k != head]
+        if rest:
+            everything = maps(images=tf.constant(images))
+            result.update({k: everything[k] for k in rest})
+        return result
 
-    shapes = static_shapes({k: v.shape.as_list() for k, v in signature.structured_outputs.items()})
+    shapes = static_shapes({k: v.shape.as_list() for k, v in maps.structured_outputs.items()})
     calls = run_on_inputs(run, job["inputs"], head, OutputStore(job["outputs"]), shapes,
                           job.get("budget_mb", DEFAULT_BUDGET_MB), split_outputs=False)
-    return {"tensorflow": tf.__version__, "signature_outputs": outputs, "calls": calls,
-            "devices": [d.name for d in tf.config.list_logical_devices()]}
+    return {"tensorflow": tf.__version__, "signature_outputs": {k: sorted(fn.structured_outputs)
+                                                                for k, fn in loaded.signatures.items()},
+            "calls": calls, "devices": [d.name for d in tf.config.list_logical_devices()]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from parity.worker import worker_main
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.sources import CheckpointError, open_checkpoint, resolve_weights
+from porting.sources import CheckpointError, class_labels, open_checkpoint, resolve_weights
 
 
 def _spec(job: dict) -> VariantSpec:
@@ -54,7 +54,7 @@ def job_source(job: dict) -> dict:
         renamed[new] = value
     _save(renamed, job["out"])
     return {"origin": origin.to_dict(), "num_tensors": len(renamed),
-            "num_params": int(sum(v.numel() for v in renamed.values()))}
+            "num_params": int(sum(v.numel() for v in renamed.values())), "labels": class_labels(spec)}
 
 
 def _save(state: dict[str, torch.Tensor], path: str) -> None:
@@ -105,9 +105,15 @@ def job_reference(job: dict) -> dict:
 
 def job_roundtrip(job: dict) -> dict:
     """The mapping-run-backwards file must load into the reference strictly and equal the source
-    bit for bit, except for keys the mapping drops on purpose (each with its reason, reported)."""
+    bit for bit, except for keys the mapping drops on purpose (each with its reason, reported).
+
+    The reference that loaded it then writes its library's own config file beside it
+    (``hub_config_dir``: timm's config.json), so that the library's loader opens the folder."""
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
+    reference = get_family(spec.family).torch()
+    hub_config = (reference.write_hub_config(model, spec, job["hub_config_dir"], job.get("labels"))
+                  if job.get("hub_config_dir") else None)
     source = open_checkpoint(job["source"])  # one tensor at a time
     loaded = model.state_dict()
     dropped = get_family(spec.family).load_mapping(job.get("mapping")).dropped(source)
@@ -115,7 +121,7 @@ def job_roundtrip(job: dict) -> dict:
                   if k not in dropped and (k not in loaded or not torch.equal(loaded[k], source[k]))]
     return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
             "num_tensors": len(source), "not_compared": len(dropped),
-            "not_compared_reasons": sorted(set(dropped.values()))}
+            "not_compared_reasons": sorted(set(dropped.values())), "hub_config": hub_config}
 
 
 def job_state_shapes(job: dict) -> dict:
@@ -130,16 +136,34 @@ def job_state_shapes(job: dict) -> dict:
     return {"shapes": shapes}
 
 
+def onnx_metadata(spec: VariantSpec, labels: dict | None) -> dict[str, str]:
+    """``metadata_props`` of both ONNX files: what a serving user needs to feed the model and
+    read its output (values are strings; lists are JSON)."""
+    import json
+
+    from parity.images import resolve_preprocessing
+
+    pre = resolve_preprocessing(spec.preprocessing, spec.image_size)
+    meta = {"variant": spec.name, "layout": "NHWC",
+            "input_size": json.dumps([pre["input_size"], pre["input_size"], spec.config.in_channels]),
+            "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]), "interpolation": pre["interpolation"],
+            "crop_pct": str(pre["crop_pct"]), "crop_mode": pre["crop_mode"], "output": spec.head_name}
+    if labels:
+        meta.update(labels=json.dumps(labels["descriptions"]), label_names=json.dumps(labels["names"]))
+    return meta
+
+
 def job_onnx(job: dict) -> dict:
-    """model.onnx from the ported weights (``candidate``: the round-tripped model.safetensors,
-    loaded strictly), with every attention map as an output (porting/export_onnx.py)."""
+    """model.onnx and model_attention.onnx from the ported weights (``candidate``: the
+    round-tripped model.safetensors, loaded strictly), porting/export_onnx.py."""
     from porting.export_onnx import export_onnx
 
     spec = _spec(job)
     model = _reference_model(spec, job["candidate"])  # strict=True load
     extra = {"external_data_bytes": job["external_data_bytes"]} if "external_data_bytes" in job else {}
     return export_onnx(model, get_family(spec.family).torch(), job["out"], spec.image_size, spec.config.in_channels,
-                       head_name=spec.head_name, opset=job.get("opset", 18), **extra)
+                       head_name=spec.head_name, opset=job.get("opset", 18),
+                       metadata=onnx_metadata(spec, job.get("labels")), **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

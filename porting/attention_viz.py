@@ -30,7 +30,7 @@ import numpy as np
 
 from parity.images import preprocess_image, resize_and_crop
 from parity.worker import run_worker
-from porting.evaluate import EvalError, load_artifact_spec, spec_preprocessing
+from porting.evaluate import EvalError, load_record, spec_preprocessing
 from porting.families import get_family
 from porting.families.base import VariantSpec
 
@@ -123,10 +123,11 @@ def attention_figure(folder: Path | str, image: Path | str, out: Path | str | No
 
     Returns {"png", "panels", "maps" (output -> (heads, g, g)), "saliency" (g, g),
     "saliency_block", "outputs" (every model output on the image), "input" (the float32
-    preprocessed image), "pixels" (its uint8 form), "top5"}."""
+    preprocessed image), "pixels" (its uint8 form), "top5", "top5_names"}."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     folder = Path(folder)
-    spec, origin = load_artifact_spec(folder)
+    record = load_record(folder)
+    spec, origin = record.spec, record.origin
     if source not in SOURCES:
         raise EvalError(f"unknown source {source!r}; choose keras or savedmodel")
     model_path = folder / SOURCES[source]
@@ -158,11 +159,12 @@ def attention_figure(folder: Path | str, image: Path | str, out: Path | str | No
                    if origin.get("random_weights") else f"weights: {origin.get('description', 'unknown')}")
         title = (f"{spec.name} ({weights})\n{SOURCES[source]}: class-token attention of each head; "
                  f"saliency = head mean of {last.removesuffix('_attn')}"
-                 + (f"; top-1 class {top5[0]}" if top5 else ""))
+                 + (f"; top-1 class {top5[0]} ({record.label(top5[0])})" if top5 else ""))
     if out is None:
         out = folder / "eval" / f"attention_{Path(image).stem}.png"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     panels = draw(pixels, maps, saliency, out, title, dpi)
     log(f"Wrote {out} ({len(panels)} panels)")
     return {"png": str(out), "panels": panels, "maps": maps, "saliency": saliency, "saliency_block": last,
-            "outputs": outputs, "input": inputs[0], "pixels": pixels, "top5": top5, "source": source}
+            "outputs": outputs, "input": inputs[0], "pixels": pixels, "top5": top5,
+            "top5_names": [record.label(i) for i in top5], "source": source}

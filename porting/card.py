@@ -1,4 +1,4 @@
-"""Model card (README.md of an artifact folder) from its config.json, parity.json and manifest.
+"""Model card (README.md of an artifact folder) from its vit_porting.json, parity.json and manifest.
 
 The card is what the Hugging Face Hub shows for a repo: YAML front matter the Hub reads
 (library_name, tags, license, datasets, pipeline_tag), then what the model is, where its
@@ -20,7 +20,7 @@ from parity.images import resolve_preprocessing
 from parity.report import fmt_float, fmt_share
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.manifest import MANIFEST_NAME, file_table, runtime_versions
+from porting.manifest import MANIFEST_NAME, METADATA_NAME, PortRecord, file_table, read_record, runtime_versions
 
 CARD_NAME = "README.md"
 RANDOM_LINE = ("> **RANDOM WEIGHTS: not a trained model.** This port was made from randomly initialised "
@@ -36,12 +36,6 @@ def hub_license(spec: VariantSpec) -> str:
     """The Hub license id of the variant ('apache-2.0 (...)' -> 'apache-2.0'; unknown -> 'other')."""
     first = (spec.license or "").split(" ", 1)[0].strip().lower()
     return first if first in _HUB_LICENSES else "other"
-
-
-def _spec_and_origin(config: dict) -> tuple[VariantSpec, dict]:
-    config = dict(config)
-    origin = config.pop("origin", {})
-    return VariantSpec.from_dict(config), origin
 
 
 def _is_random(report: dict, origin: dict, manifest: dict | None) -> bool:
@@ -242,18 +236,20 @@ def _file_lines(files: dict[str, dict], report: dict) -> list[str]:
                           "input `images`",
             "model.onnx.data": "ONNX external weights",
             "parity.json": "parity report (machine-readable)", "parity.md": "parity report",
-            "config.json": "variant, architecture and weights origin (vit-porting's format)",
+            METADATA_NAME: "variant, architecture, weights origin and class names (vit-porting's record)",
+            "config.json": "timm's model config: `timm.create_model(\"local-dir:<folder>\", pretrained=True)`",
+            "model_attention.onnx": "ONNX model with every attention map as an output",
             MANIFEST_NAME: "size and sha256 of every file, versions, parity verdict", CARD_NAME: "this card"}
     lines = ["| file | size | what |", "|---|---|---|"]
     lines += [f"| `{name}` | {_size(size)} | {what.get(name, '')} |" for name, size in sorted(top.items())]
     return lines
 
 
-def render_card(config: dict, report: dict, versions: dict, files: dict[str, dict] | None = None,
+def render_card(record: PortRecord, report: dict, versions: dict, files: dict[str, dict] | None = None,
                 target: str | None = None, manifest: dict | None = None) -> str:
     """README.md text. ``target`` (hf://owner/name, kaggle://owner/model/framework/variation)
     adds how to download it from there."""
-    spec, origin = _spec_and_origin(config)
+    spec, origin = record.spec, record.origin
     random = _is_random(report, origin, manifest)
     meta = front_matter(spec, origin, random)
     c = spec.config
@@ -304,17 +300,17 @@ def render_card(config: dict, report: dict, versions: dict, files: dict[str, dic
 
 
 def write_card(folder: Path | str, target: str | None = None, versions: dict | None = None) -> Path:
-    """Write ``folder/README.md`` from its config.json and parity.json (and manifest.json when
+    """Write ``folder/README.md`` from its vit_porting.json and parity.json (and manifest.json when
     there is one: versions, random-weights flag); returns its path. A port passes the
     ``versions`` that its manifest records next."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    record = read_record(folder)
     report = json.loads((folder / "parity.json").read_text())
     manifest = json.loads((folder / MANIFEST_NAME).read_text()) if (folder / MANIFEST_NAME).exists() else None
     if versions is None:
         versions = (manifest or {}).get("versions") or runtime_versions(report.get("toolkit_version", "?"))
     files = {k: v for k, v in file_table(folder).items() if k != CARD_NAME}
-    text = render_card(config, report, versions, files, target, manifest)
+    text = render_card(record, report, versions, files, target, manifest)
     path = folder / CARD_NAME
     if path.exists():
         path.unlink()  # never write through a hard link into another folder

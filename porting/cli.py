@@ -93,7 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     for name, r in report["runtimes"].items():
         print(f"{report['variant']}  {name:<12} top-1 {100 * r['top1']:6.2f} %  top-5 {100 * r['top5']:6.2f} %  "
-              f"({report['dataset']['num_images']} images, {r['images_per_second']} img/s)")
+              f"({report['dataset']['num_images']} images"
+              + (f", {r['images_per_second']} img/s after the first batch)" if r["images_per_second"] else ")"))
     print(f"runtimes disagree about top-1 on {report['agreement']['top1_disagreements']} image(s)")
     if report["random_weights"]:
         print("NOTE: these are RANDOM weights; the accuracy is meaningless.")
@@ -111,7 +112,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{result['png']}: {len(result['panels'])} panels; top-5 classes {result['top5']}")
+    top5 = ", ".join(f"{i} {name}" for i, name in zip(result["top5"], result["top5_names"], strict=True))
+    print(f"{result['png']}: {len(result['panels'])} panels; top-5 classes: {top5 or '(no classifier)'}")
     return 0
 
 

@@ -40,7 +40,7 @@ from parity.images import resize_and_crop, resolve_preprocessing
 from parity.run_eval import RUNTIMES
 from parity.worker import run_worker
 from porting.families.base import VariantSpec
-from porting.manifest import EVAL_DIR, verify_manifest
+from porting.manifest import EVAL_DIR, PortRecord, read_record, verify_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 # what each runtime loads, relative to the artifact folder
@@ -85,6 +85,16 @@ def read_class_map(path: Path | str) -> dict[str, int]:
     return {name.split()[0]: i for i, name in enumerate(names)}
 
 
+def model_class_map(labels: dict | None) -> dict[str, int]:
+    """The names a dataset may use for the model's classes: WordNet synsets (``n01440764``, the
+    ImageNet folder names), full descriptions and their first name (``tench``), any case."""
+    cmap: dict[str, int] = {}
+    for index, (name, description) in enumerate(zip(labels["names"], labels["descriptions"], strict=True)):
+        for key in (name, description, description.split(",")[0]):
+            cmap.setdefault(key.strip().lower(), index)
+    return cmap
+
+
 def _label(value: str, class_map: dict[str, int] | None, where: str) -> int:
     if class_map and value in class_map:
         return class_map[value]
@@ -94,8 +104,18 @@ def _label(value: str, class_map: dict[str, int] | None, where: str) -> int:
         raise EvalError(f"{where}: label {value!r} is neither an integer nor a name in the class map") from None
 
 
-def discover(data: Path | str, class_map: Path | str | None = None, labels: Path | str | None = None) -> Dataset:
-    """The images of ``data`` and their class indices (layouts: see the module docstring)."""
+_CLASS_MAP_HINT = ("pass --class-map FILE: a JSON object {\"folder\": class index} or a text file of class names, "
+                   "one per line in index order")
+
+
+def discover(data: Path | str, class_map: Path | str | None = None, labels: Path | str | None = None,
+             model_labels: dict | None = None) -> Dataset:
+    """The images of ``data`` and their class indices (layouts: see the module docstring).
+
+    Without a class map, class folders are matched to ``model_labels`` (the model's class names)
+    by name; a model without class names (a head of its own) takes them in sorted order, the
+    ImageFolder convention. Folders that name no class of the model are refused: scoring them
+    by their position would compare against the wrong classes."""
     root = Path(data)
     if not root.is_dir():
         raise EvalError(f"{root}: not a folder of images")
@@ -121,9 +141,22 @@ def discover(data: Path | str, class_map: Path | str | None = None, labels: Path
                        {"labels_file": str(labels), "class_map": str(class_map) if class_map else None})
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise EvalError(f"{root}: no class subfolders; for a flat folder pass a labels file (LABELS=...)")
-    if cmap is None:
+        raise EvalError(f"{root}: no class subfolders; for a flat folder pass a labels file (--labels FILE)")
+    mapping_source = str(class_map) if class_map else None
+    if cmap is None and model_labels:
+        names = model_class_map(model_labels)
+        unknown = [f for f in folders if f.lower() not in names]
+        if unknown:
+            shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+            example = model_labels["descriptions"][0].split(",")[0]
+            raise EvalError(f"{root}: subfolders {shown} are not class names of the model ({model_labels['set']}: "
+                            f"synsets such as {model_labels['names'][0]} or names such as {example!r}); "
+                            + _CLASS_MAP_HINT)
+        cmap = {f: names[f.lower()] for f in folders}
+        mapping_source = f"folder names matched to the model's {model_labels['set']} class names"
+    elif cmap is None:
         cmap = {name: i for i, name in enumerate(folders)}
+        mapping_source = "sorted subfolder names (the model has no class names)"
     else:
         unknown = [f for f in folders if f not in cmap]
         if unknown:
@@ -135,8 +168,7 @@ def discover(data: Path | str, class_map: Path | str | None = None, labels: Path
             targets.append(cmap[name])
     if not files:
         raise EvalError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its subfolders")
-    return Dataset(root, "class_folders", files, np.asarray(targets, np.int64), cmap,
-                   {"class_map": str(class_map) if class_map else "sorted subfolder names"})
+    return Dataset(root, "class_folders", files, np.asarray(targets, np.int64), cmap, {"class_map": mapping_source})
 
 
 def spec_preprocessing(spec: VariantSpec) -> dict:
@@ -258,12 +290,11 @@ class EvalOptions:
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
-def load_artifact_spec(folder: Path) -> tuple[VariantSpec, dict]:
-    if not (folder / "config.json").exists():
-        raise EvalError(f"{folder} has no config.json; port the variant first (make port VARIANT=...)")
-    config = json.loads((folder / "config.json").read_text())
-    origin = config.pop("origin", {})
-    return VariantSpec.from_dict(config), origin
+def load_record(folder: Path) -> PortRecord:
+    try:
+        return read_record(folder)
+    except FileNotFoundError as exc:
+        raise EvalError(f"{exc} (vit-port port <variant> writes it)") from None
 
 
 def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None = None) -> dict:
@@ -272,7 +303,8 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
     options = options or EvalOptions()
     log = options.log
     folder = Path(folder)
-    spec, origin = load_artifact_spec(folder)
+    record = load_record(folder)
+    spec, origin = record.spec, record.origin
     if options.verify:
         problems = verify_manifest(folder)
         if problems:
@@ -290,7 +322,7 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
         runtimes = [r for r in RUNTIMES if (folder / RUNTIME_FILES[r]).exists()]
         if not runtimes:
             raise EvalError(f"{folder} holds no model file ({', '.join(RUNTIME_FILES.values())})")
-    dataset = discover(data, options.class_map, options.labels)
+    dataset = discover(data, options.class_map, options.labels, record.labels)
     if options.limit:
         dataset.files, dataset.labels = dataset.files[:options.limit], dataset.labels[:options.limit]
     num_classes = spec.config.num_classes
@@ -321,12 +353,17 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarise(logits, dataset.labels, dataset.files, options.worst)
+    for row in summary["agreement"]["worst"]:
+        row["label_name"] = record.label(row["label"])
+        row["top1_name"] = {n: record.label(i) for n, i in row["top1"].items()}
     for runtime in runtimes:
         info = infos[runtime]
         summary["runtimes"][runtime].update(
             loads=RUNTIME_LOADS[runtime], seconds=round(info["seconds"], 3),
             load_seconds=round(info["load_seconds"], 3), run_seconds=round(info["run_seconds"], 3),
-            images_per_second=round(len(dataset.files) / max(info["run_seconds"], 1e-9), 2),
+            warmup_seconds=round(info["warmup_seconds"], 3),
+            images_per_second=(round(info["timed_images"] / info["timed_seconds"], 2) if info["timed_images"]
+                               else None),
             peak_rss_mb=round(info["peak_rss_mb"], 1),
             versions={k: v for k, v in info.items() if k in ("torch", "keras", "tensorflow", "onnxruntime")})
     from porting.pipeline import TOOLKIT_VERSION
@@ -334,6 +371,7 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
     report = {
         "variant": spec.name, "family": spec.family, "artifact_folder": str(folder),
         "random_weights": bool(origin.get("random_weights")), "origin": origin,
+        "class_names": (record.labels or {}).get("set"),
         "dataset": {"path": str(dataset.root), "layout": dataset.layout, "num_images": len(dataset.files),
                     "num_classes_in_data": int(len(np.unique(dataset.labels))), "limit": options.limit,
                     **dataset.source},
@@ -365,10 +403,11 @@ def render_markdown(report: dict) -> str:
               f"{pre['input_size']} px (crop_pct {pre['crop_pct']}), mean {pre['mean']}, std {pre['std']}; "
               "done once, the same pixels for every runtime",
               f"- {report['time']}, toolkit {report['toolkit_version']}", "",
-              "| runtime | top-1 | top-5 | images/s (after loading) | loads |", "|---|---|---|---|---|"]
+              "| runtime | top-1 | top-5 | images/s (after the first batch) | loads |", "|---|---|---|---|---|"]
     for name, r in report["runtimes"].items():
         lines.append(f"| {name} | {100 * r['top1']:.2f} % ({r['correct_top1']}) | {100 * r['top5']:.2f} % "
-                     f"({r['correct_top5']}) | {r.get('images_per_second', '')} | {r.get('loads', '')} |")
+                     f"({r['correct_top5']}) | {r.get('images_per_second') or '— (one batch)'} | "
+                     f"{r.get('loads', '')} |")
     lines += ["", f"Images on which the runtimes disagree about top-1: **{agree['top1_disagreements']}** of "
               f"{ds['num_images']} (logit differences against `{agree['reference']}`).", ""]
     if agree["pairwise"]:
@@ -382,8 +421,9 @@ def render_markdown(report: dict) -> str:
                   "| image | label | " + " | ".join(f"{n} top-1 (p)" for n in names) + " | max abs logit diff |",
                   "|---|---|" + "---|" * len(names) + "---|"]
         for w in agree["worst"]:
-            cells = " | ".join(f"{w['top1'][n]} ({w['top1_prob'][n]:.3f})" for n in names)
+            cells = " | ".join(f"{w['top1'][n]} {w['top1_name'][n]} ({w['top1_prob'][n]:.3f})" for n in names)
             mark = " **differs**" if w["top1_disagree"] else ""
-            lines.append(f"| `{w['image']}`{mark} | {w['label']} | {cells} | {w['max_abs_logit_diff']:.3g} |")
+            lines.append(f"| `{w['image']}`{mark} | {w['label']} {w['label_name']} | {cells} "
+                         f"| {w['max_abs_logit_diff']:.3g} |")
         lines.append("")
     return "\n".join(lines)

@@ -11,8 +11,11 @@ map), by forward hooks that torch.export traces like any other Python; the wrapp
 them as outputs. The fused (SDPA) path never materialises the map, so it is switched off, as
 on the reference.
 
-Input and outputs match the Keras model and the SavedModel: ``images`` float32 NHWC with a
-dynamic batch, ``logits`` (or ``features``) and ``<block>_attn`` per attention layer.
+Two files share one graph: ``model_attention.onnx`` returns the head output (``logits`` or
+``features``) and ``<block>_attn`` per attention layer, like the Keras model; ``model.onnx``, what
+a serving user loads, returns the head output alone. Both take ``images`` float32 NHWC with a
+dynamic batch named ``batch`` and carry the preprocessing and class names in ``metadata_props``;
+past the external-data threshold both read their weights from one ``model.onnx.data``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from porting.export import ONNX_ATTENTION_FILE as ATTENTION_FILE
+from porting.export import ONNX_DATA_FILE as DATA_FILE
+from porting.export import ONNX_FILE as MODEL_FILE
 from porting.families.base import TorchSide
 
 DEFAULT_OPSET = 18
@@ -59,10 +65,12 @@ class WithAttentionOutputs(torch.nn.Module):
         return (head, *[self._maps[k] for k in self.attention_names])
 
 
-def export_onnx(model: torch.nn.Module, reference: TorchSide, path: Path | str, image_size: int, in_channels: int = 3,
-                head_name: str = "logits", opset: int = DEFAULT_OPSET,
-                external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
-    """Write ``path`` (and ``path.data`` past ``external_data_bytes`` of weights); returns what was written."""
+def export_onnx(model: torch.nn.Module, reference: TorchSide, folder: Path | str, image_size: int,
+                in_channels: int = 3, head_name: str = "logits", opset: int = DEFAULT_OPSET,
+                external_data_bytes: int = EXTERNAL_DATA_BYTES, metadata: dict[str, str] | None = None) -> dict:
+    """Write ``model_attention.onnx`` and ``model.onnx`` into ``folder`` (and ``model.onnx.data``
+    past ``external_data_bytes`` of weights); returns what was written."""
+    folder = Path(folder)
     wrapper = WithAttentionOutputs(model.eval(), reference).eval()
     names = [head_name, *wrapper.attention_names]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -76,18 +84,45 @@ def export_onnx(model: torch.nn.Module, reference: TorchSide, path: Path | str, 
         exported = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
         program = torch.onnx.export(exported, (example,), None, input_names=["images"], output_names=names,
                                     dynamo=True, opset_version=opset, optimize=True, verbose=False)
+    nodes = len(program.model.graph)
     if external:
         # onnx_ir writes external data with up to 1 GB of tensor bytes in flight across threads
         # (ONNXProgram.save's default): 1.2 GB over the weights at cait_m48_448 depth 12. One
         # tensor at a time costs a few seconds and no memory.
         import onnx_ir as ir
 
-        ir.save(program.model, str(path), external_data=f"{Path(path).name}.data", max_workers=1,
+        ir.save(program.model, str(folder / ATTENTION_FILE), external_data=DATA_FILE, max_workers=1,
                 max_in_flight_bytes=64 << 20)
     else:
-        program.save(str(path), external_data=False)
-    path = Path(path)
-    files = [p.name for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.name + ".")]
+        program.save(str(folder / ATTENTION_FILE), external_data=False)
+    del program, exported
+    _name_batch_and_describe(folder, head_name, metadata or {})
+    files = sorted(p.name for p in folder.iterdir() if p.name in (MODEL_FILE, ATTENTION_FILE, DATA_FILE))
     return {"opset": opset, "outputs": names, "external_data": external, "weight_bytes": weight_bytes,
-            "files": sorted(files), "bytes": sum((path.parent / f).stat().st_size for f in files),
-            "nodes": len(program.model.graph)}
+            "files": files, "bytes": sum((folder / f).stat().st_size for f in files), "nodes": nodes}
+
+
+def _name_batch_and_describe(folder: Path, head_name: str, metadata: dict[str, str]) -> None:
+    """Both files from the exported one: the batch dimension named ``batch`` everywhere
+    (torch.export calls it ``s34`` or the like), ``metadata`` as ``metadata_props``, and
+    ``model.onnx`` with the head output alone. Weights in external data stay where they are:
+    the protobuf is read without them and points at the same ``model.onnx.data``."""
+    import re
+
+    import onnx
+
+    proto = onnx.load(str(folder / ATTENTION_FILE), load_external_data=False)
+    symbol = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    pattern = re.compile(rf"\b{re.escape(symbol)}\b")
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub("batch", dim.dim_param)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(folder / ATTENTION_FILE))
+    outputs = [o for o in proto.graph.output if o.name == head_name]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    onnx.save(proto, str(folder / MODEL_FILE))

@@ -16,6 +16,9 @@ about the artifacts, not artifacts, rewritten on every evaluation. It is left ou
 file table and of ``verify_manifest`` (both sides), so evaluating a verified folder keeps it
 verified; every other file, stray ones included, is still checked.
 
+``vit_porting.json`` (``PortRecord``) is the port's own record: variant and config, weights
+origin, class names.
+
 numpy/stdlib only: it runs in the orchestrating process, which imports no framework.
 """
 
@@ -24,11 +27,17 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from porting.families.base import VariantSpec
+
 MANIFEST_NAME = "manifest.json"
+# the toolkit's own record of a port (variant, config, weights origin, class names): its own name,
+# since config.json means the reference library's config (timm) or Keras' to their loaders
+METADATA_NAME = "vit_porting.json"
 EVAL_DIR = "eval"
 # top-level folders written after the port; not checksummed (see the module docstring)
 POST_PORT_DIRS = {EVAL_DIR + "/": "evaluation reports written after the port by `vit-port eval`; "
@@ -136,3 +145,40 @@ def verify_manifest(folder: Path | str) -> list[str]:
     for rel in sorted(set(present) - set(listed)):
         problems.append(f"{rel}: present but not in the manifest")
     return problems
+
+
+@dataclass
+class PortRecord:
+    """What ``vit_porting.json`` holds: the variant as ported, where its weights came from, and the
+    names of its classes (``{"set", "names", "descriptions"}``, or None for a head of its own)."""
+
+    spec: VariantSpec
+    origin: dict
+    labels: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.spec.to_dict(), "origin": self.origin, "labels": self.labels}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PortRecord:
+        data = dict(data)
+        origin, labels = data.pop("origin", {}), data.pop("labels", None)
+        return cls(VariantSpec.from_dict(data), origin, labels)
+
+    def label(self, index: int) -> str:
+        """A class as people read it: its first description ("tabby" of "tabby, tabby cat"), else its index."""
+        if self.labels and 0 <= index < len(self.labels["descriptions"]):
+            return self.labels["descriptions"][index].split(",")[0]
+        return str(index)
+
+
+def write_record(folder: Path | str, record: PortRecord) -> None:
+    (Path(folder) / METADATA_NAME).write_text(json.dumps(record.to_dict(), indent=1) + "\n")
+
+
+def read_record(folder: Path | str) -> PortRecord:
+    """The port record of an artifact folder; FileNotFoundError names the file when there is none."""
+    path = Path(folder) / METADATA_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is this an artifact folder of a complete port?")
+    return PortRecord.from_dict(json.loads(path.read_text()))

@@ -26,9 +26,18 @@ from parity.outputs import DEFAULT_BUDGET_MB, OutputsView, read_outputs, split_p
 from parity.report import runtime_summary, write_reports
 from parity.worker import WorkerError, run_worker
 from porting.card import write_card
+from porting.export import ONNX_ATTENTION_FILE, ONNX_FILE
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.manifest import runtime_versions, verify_manifest, write_manifest
+from porting.manifest import (
+    METADATA_NAME,
+    PortRecord,
+    read_record,
+    runtime_versions,
+    verify_manifest,
+    write_manifest,
+    write_record,
+)
 
 TOOLKIT_VERSION = "0.1.0"
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -108,8 +117,8 @@ RUNTIME_SOURCES = {
     "keras_eager": "Keras model converted in this port, called eagerly",
     "keras_compiled": "model.keras reloaded, compiled (XLA where it works)",
     "keras_file": "model.keras reloaded, called eagerly",
-    "savedmodel": "saved_model/ via tf.saved_model.load, signature serving_default",
-    "onnxruntime": "model.onnx in ONNX Runtime",
+    "savedmodel": "saved_model/ via tf.saved_model.load: serving_default (head output), attention (maps)",
+    "onnxruntime": "ONNX Runtime: model.onnx (head output), model_attention.onnx (maps)",
     "keras_torch": "model.keras reloaded on Keras' torch backend",
     "keras_jax": "model.keras reloaded on Keras' JAX backend",
 }
@@ -270,15 +279,16 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
         "parity.run_savedmodel", {**job, "job": "run", "saved_model": str(folder / "saved_model"),
                                   "outputs": out("savedmodel")}, work))
     runs.append(RuntimeRun("savedmodel", "cpu", Path(out("savedmodel")), r))
+    onnx_files = {"model": str(folder / ONNX_FILE), "attention_model": str(folder / ONNX_ATTENTION_FILE)}
     r = steps.run("running onnxruntime (CPUExecutionProvider)", lambda: run_worker(
-        "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cpu",
-                            "outputs": out("onnxruntime")}, work))
+        "parity.run_onnx", {**job, "job": "run", **onnx_files, "device": "cpu", "outputs": out("onnxruntime")},
+        work))
     runs.append(RuntimeRun("onnxruntime", "cpu", Path(out("onnxruntime")), r))
     meta["onnx"] = {k: r.get(k) for k in ("opset", "nodes", "inputs", "checker")}
     if devices.get("cuda"):
         try:
             r = steps.run("running onnxruntime (CUDAExecutionProvider)", lambda: run_worker(
-                "parity.run_onnx", {**job, "job": "run", "model": str(folder / "model.onnx"), "device": "cuda",
+                "parity.run_onnx", {**job, "job": "run", **onnx_files, "device": "cuda",
                                     "outputs": out("onnxruntime_cuda")}, work))
             runs.append(RuntimeRun("onnxruntime", "cuda", Path(out("onnxruntime_cuda")), r))
         except WorkerError as exc:
@@ -327,7 +337,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
 
     Writes model.safetensors, and with ``options.exports`` saved_model/, model.keras and
     model.onnx, each then loaded from disk by its own runtime process and compared with the
-    PyTorch reference; then parity.json/.md, config.json and manifest.json. Raises PortError
+    PyTorch reference; then parity.json/.md, vit_porting.json and manifest.json. Raises PortError
     (nothing written) when the weights or the mapping are refused.
     """
     log = options.log
@@ -370,13 +380,14 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
         steps.total += (2 if options.exports else 1) if devices["cuda"] else 0
         roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
             "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
-                                 "candidate": str(tmp / "model.safetensors")}, work))
+                                 "candidate": str(tmp / "model.safetensors"), "hub_config_dir": str(tmp),
+                                 "labels": src.get("labels")}, work))
         runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager", conv)]
         meta: dict = {}
         if options.exports:
             onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
                 "parity.run_torch", {**job, "job": "onnx", "candidate": str(tmp / "model.safetensors"),
-                                     "out": str(tmp / "model.onnx")}, work))
+                                     "out": str(tmp), "labels": src.get("labels")}, work))
             log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
                 + (" (external data)" if onnx["external_data"] else ""))
             more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends,
@@ -394,7 +405,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
             spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
             extra=extra))
         shutil.rmtree(work)
-        (tmp / "config.json").write_text(json.dumps({**spec.to_dict(), "origin": origin}, indent=1))
+        write_record(tmp, PortRecord(spec, origin, src.get("labels")))
         _finish(report, tmp, spec, origin, described, steps, roundtrip)
         _replace_folder(tmp, final, options.force)
     except BaseException:
@@ -411,18 +422,17 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
     parity.json/.md and the manifest (verdict and checksums); returns the report."""
     log = log or PortOptions().log
     folder = Path(out_root) / variant
-    if not (folder / "config.json").exists():
-        raise PortError(f"{folder} has no config.json; port it first (make port VARIANT={variant})")
+    if not (folder / METADATA_NAME).exists():
+        raise PortError(f"{folder} has no {METADATA_NAME}; port it first (vit-port port {variant})")
     problems = [p for p in verify_manifest(folder) if not p.startswith(("parity.json", "parity.md"))]
     if problems:
         raise PortError(f"{folder} does not match its manifest:\n  " + "\n  ".join(problems))
-    config = json.loads((folder / "config.json").read_text())
-    origin = config.pop("origin")
-    spec = VariantSpec.from_dict(config)
+    record = read_record(folder)
+    spec, origin = record.spec, record.origin
     previous = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").exists() else {}
     settings = {"batch": 2, "input_seed": 0, "photos": True, "output_budget_mb": DEFAULT_BUDGET_MB,
                 **previous.get("options", {})}
-    missing = [n for n in ("model.safetensors", "model.keras", "saved_model", "model.onnx")
+    missing = [n for n in ("model.safetensors", "model.keras", "saved_model", ONNX_FILE, ONNX_ATTENTION_FILE)
                if not (folder / n).exists()]
     if missing:
         raise PortError(f"{folder} lacks {', '.join(missing)}; port it again with exports")

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porting.card import CARD_NAME, KAGGLE_LICENSES, hub_license, render_card
-from porting.families.base import VariantSpec
-from porting.manifest import MANIFEST_NAME, read_manifest, sha256_file, verify_manifest
+from porting.manifest import MANIFEST_NAME, METADATA_NAME, read_manifest, read_record, sha256_file, verify_manifest
 
 STAGING = ".staging"
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -126,11 +125,11 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
     weights included). The artifact folder itself is not changed."""
     folder = Path(folder)
     target = parse_target(target) if isinstance(target, str) else target
-    for name in ("config.json", "parity.json", MANIFEST_NAME):
+    for name in (METADATA_NAME, "parity.json", MANIFEST_NAME):
         if not (folder / name).exists():
             raise PublishError(f"{folder / name}: missing; is this a complete port? (make port VARIANT=...)")
     manifest = read_manifest(folder)
-    config = _read_json(folder / "config.json")
+    record = read_record(folder)
     report = _read_json(folder / "parity.json")
     staged = Path(stage_dir) if stage_dir else folder.parent / STAGING / target.slug
     if staged.resolve() == folder.resolve() or folder.resolve() in staged.resolve().parents:
@@ -144,7 +143,7 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
         if src.is_file():
             _link_or_copy(src, staged / rel)
     listed = {k: v for k, v in manifest.get("files", {}).items() if k != CARD_NAME}
-    card = render_card(config, report, manifest.get("versions", {}), listed, target.url, manifest)
+    card = render_card(record, report, manifest.get("versions", {}), listed, target.url, manifest)
     (staged / CARD_NAME).write_text(card)
     files = dict(manifest.get("files", {}))
     files[CARD_NAME] = {"size": (staged / CARD_NAME).stat().st_size, "sha256": sha256_file(staged / CARD_NAME)}
@@ -189,9 +188,7 @@ def upload(staged: Staged, private: bool = False, message: str | None = None) ->
         return f"https://huggingface.co/{target.id}"
     import kagglehub
 
-    config = _read_json(staged.folder / "config.json")
-    config.pop("origin", None)
-    license_id = hub_license(VariantSpec.from_dict(config))
+    license_id = hub_license(read_record(staged.folder).spec)
     kagglehub.model_upload(target.id, str(staged.folder), license_name=KAGGLE_LICENSES.get(license_id, "Other"),
                            version_notes=message)
     owner, model = target.id.split("/")[:2]

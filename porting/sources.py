@@ -180,6 +180,20 @@ def perturb_(model: torch.nn.Module, seed: int, rules: Perturbation) -> None:
                 buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
 
 
+def class_labels(spec: VariantSpec) -> dict | None:
+    """The class names of ``spec``'s head from timm's ``ImageNetInfo`` (WordNet synsets and their
+    descriptions), or None when the head is not that label set's (another class count)."""
+    if not spec.label_set or spec.config.num_classes <= 0:
+        return None
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo(spec.label_set)
+    if info.num_classes() != spec.config.num_classes:
+        return None
+    return {"set": spec.label_set, "names": list(info.label_names()),
+            "descriptions": list(info.label_descriptions())}
+
+
 def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str, num_classes: int,
                       origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
     """``state`` with its classifier fitted to ``num_classes``; ``new_model()`` builds the model

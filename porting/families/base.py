@@ -38,7 +38,9 @@ class VariantSpec:
     ``preprocessing`` uses timm's data-config names (``input_size``, ``crop_pct``, ``crop_mode``,
     ``interpolation``, ``mean``, ``std``) so that eval, the cards and the parity photographs all
     apply the transform the checkpoint was trained with. ``datasets`` are Hugging Face Hub
-    dataset ids of its training data; ``pretraining`` says the same in words.
+    dataset ids of its training data; ``pretraining`` says the same in words. ``label_set`` names
+    the classes of its head for timm's ``ImageNetInfo`` (``imagenet-1k``): a port whose class
+    count matches gets their names in every artifact; another head gets indices.
     """
 
     name: str
@@ -51,6 +53,7 @@ class VariantSpec:
     license: str = ""
     datasets: tuple[str, ...] = ()
     pretraining: str = ""
+    label_set: str = ""
 
     def with_config(self, **overrides: Any) -> VariantSpec:
         """The same variant with config fields changed (class count, reduced depth in tests)."""
@@ -69,7 +72,7 @@ class VariantSpec:
         return {"name": self.name, "family": self.family, "config": asdict(self.config),
                 "timm_name": self.timm_name, "pretrained_tag": self.pretrained_tag,
                 "preprocessing": self.preprocessing, "paper": self.paper, "license": self.license,
-                "datasets": list(self.datasets), "pretraining": self.pretraining}
+                "datasets": list(self.datasets), "pretraining": self.pretraining, "label_set": self.label_set}
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSpec:
@@ -138,7 +141,9 @@ class KerasSide(Protocol):
                     intermediates: bool = False) -> keras.Model:
         """A functional model returning a dict: ``logits`` (``features`` with no classifier) and
         one ``<block>_attn`` map per attention layer; with ``intermediates`` also each block's
-        output ``<block>_out``. ``initializer="zeros"`` skips an init the converter overwrites."""
+        output ``<block>_out``. ``initializer="zeros"`` skips an init the converter overwrites.
+        The classifier's Dense layers are named as ``Family.keras_heads`` says: their inputs are
+        the pooled features (the SavedModel's ``features`` signature)."""
 
 
 @runtime_checkable
@@ -158,6 +163,13 @@ class TorchSide(Protocol):
 
     def load_pretrained(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
         """The published weights of ``spec`` from the local cache or the hub, in the canonical layout."""
+
+    def write_hub_config(self, model: torch.nn.Module, spec: VariantSpec, folder: str,
+                         labels: dict | None) -> str | None:
+        """Write, beside ``model.safetensors`` in ``folder``, the file the reference library's own
+        loader reads (timm's ``config.json``: ``timm.create_model("hf-hub:owner/name")``), and
+        return its name; None where that loader would compute another function than the port
+        (write nothing then, so that it fails loudly instead)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +196,8 @@ class Family:
     classifier: str = "head"  # state_dict prefix of the classifier (a new head replaces it)
     layouts: tuple[Layout, ...] = ()
     perturbation: Perturbation = Perturbation()
-    library_tag: str = ""  # the Hub tag of the reference library: "timm", "transformers"
+    library_tag: str = ""  # the Hub tag of the reference library ("timm"), only where its loader is tested
+    keras_heads: tuple[str, ...] = ("head",)  # classifier Dense layers; their inputs averaged are the features
 
     def __post_init__(self):
         object.__setattr__(self, "keras_module", self.keras_module or f"{self.package}.model")

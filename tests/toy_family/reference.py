@@ -74,3 +74,7 @@ def call_reference(model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.T
 
 def load_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
     raise PretrainedUnavailableError(f"{spec.name} is a test family with no published weights; use WEIGHTS=random")
+
+
+def write_hub_config(model: torch.nn.Module, spec: VariantSpec, folder: str, labels: dict | None) -> None:
+    return None  # no reference library, so no loader of its own

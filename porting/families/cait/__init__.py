@@ -43,6 +43,14 @@ def timm_kwargs(config: CaiTConfig) -> dict:
     return {keyword: getattr(config, field) for field, keyword in TIMM_KWARGS.items()}
 
 
+def timm_model_args(spec: VariantSpec) -> dict:
+    """The timm keywords in which ``spec`` differs from timm's registered variant (a reduced
+    depth in the tests, another image size), so the card's snippet and config.json read like timm's."""
+    registered = {v.name: v for v in VARIANTS}.get(spec.name)
+    base = timm_kwargs(registered.config) if registered else {}
+    return {k: v for k, v in timm_kwargs(spec.config).items() if k != "num_classes" and base.get(k) != v}
+
+
 _IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
@@ -56,7 +64,7 @@ def _cait(name: str, image_size: int, embed_dim: int, depth: int, num_heads: int
         preprocessing={**_IMAGENET, "input_size": image_size, "crop_pct": 1.0, "interpolation": "bicubic"},
         paper="Touvron et al., Going deeper with Image Transformers, ICCV 2021 (arXiv:2103.17239)",
         license="apache-2.0", datasets=("imagenet-1k",),
-        pretraining="ImageNet-1k (with distillation)",
+        pretraining="ImageNet-1k (with distillation)", label_set="imagenet-1k",
     )
 
 
@@ -79,10 +87,7 @@ class CaiTFamily(Family):
         return f"timm/{spec.pretrained_tag}" if spec.pretrained_tag else None
 
     def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
-        # only what differs from timm's registered variant, so the line reads like timm's docs
-        registered = self.variant_map().get(spec.name)
-        base = timm_kwargs(registered.config) if registered else {}
-        kwargs = {k: v for k, v in timm_kwargs(spec.config).items() if k == "num_classes" or base.get(k) != v}
+        kwargs = {"num_classes": spec.config.num_classes, **timm_model_args(spec)}
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         return ReferenceSnippet(
             title="PyTorch with timm (`model.safetensors`)",

@@ -6,11 +6,12 @@ import torch
 
 from parity.references import call_timm as call_reference
 from parity.references import timm_attention_taps as reference_taps
+from parity.references import write_timm_config
 from porting.families.base import VariantSpec
-from porting.families.cait import timm_kwargs
+from porting.families.cait import timm_kwargs, timm_model_args
 from porting.sources import load_timm_pretrained as load_pretrained
 
-__all__ = ["build_reference", "call_reference", "load_pretrained", "reference_taps"]
+__all__ = ["build_reference", "call_reference", "load_pretrained", "reference_taps", "write_hub_config"]
 
 
 def build_reference(spec: VariantSpec) -> torch.nn.Module:
@@ -19,3 +20,7 @@ def build_reference(spec: VariantSpec) -> torch.nn.Module:
     if spec.config.layer_norm_eps != 1e-6:
         raise ValueError("timm's CaiT has LayerNorm eps 1e-6; a reference with another eps does not exist")
     return timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs(spec.config)).eval()
+
+
+def write_hub_config(model: torch.nn.Module, spec: VariantSpec, folder: str, labels: dict | None) -> str:
+    return write_timm_config(model, folder, timm_model_args(spec), labels)

@@ -109,7 +109,7 @@ def _cvt(name: str, architecture: str, image_size: int, hf_repo: str, pretrainin
         pretrained_tag=hf_repo, preprocessing=_preprocessing(image_size),
         paper="Wu et al., CvT: Introducing Convolutions to Vision Transformers, ICCV 2021 (arXiv:2103.15808)",
         license="apache-2.0 (Hugging Face model cards; Microsoft's original code is MIT)",
-        pretraining=pretraining[0], datasets=pretraining[1],
+        pretraining=pretraining[0], datasets=pretraining[1], label_set="imagenet-1k",
     )
 
 
@@ -163,7 +163,7 @@ class CvTFamily(Family):
 FAMILY = CvTFamily(
     name="cvt", title="CvT", full_name="CvT (Convolutional vision Transformer)", package=__name__,
     config_class=CvTConfig, variants=VARIANTS, mapping="cvt.yaml", source_label="Hugging Face transformers",
-    reference_libraries=("transformers",), library_tag="transformers", classifier="classifier",
+    reference_libraries=("transformers",), classifier="classifier",
     layouts=(Layout("microsoft", r"^(module\.)?stage\d+\.", "cvt_microsoft.yaml",
                     "Microsoft's original CvT checkpoints (github.com/microsoft/CvT)"),),
     perturbation=Perturbation(query_key=r"\.attention\.attention\.projection_(query|key)\.weight$"),

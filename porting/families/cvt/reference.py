@@ -13,7 +13,7 @@ from porting.families.cvt import hf_config_kwargs
 from porting.sources import load_hf_hub_pretrained as load_pretrained
 
 __all__ = ["build_reference", "call_reference", "hf_cvt_config", "load_pretrained", "reference_taps",
-           "use_quick_gelu_"]
+           "use_quick_gelu_", "write_hub_config"]
 
 
 def hf_cvt_config(spec: VariantSpec):
@@ -85,3 +85,11 @@ def reference_taps(model: torch.nn.Module, intermediates: bool = False) -> dict[
             if intermediates:
                 taps[f"{block}_out"] = module
     return taps
+
+
+def write_hub_config(model: torch.nn.Module, spec: VariantSpec, folder: str, labels: dict | None) -> None:
+    """Nothing: transformers' ``from_pretrained`` would read a CvT config.json and build
+    ``CvtForImageClassification`` with exact GELU, 2e-2 away from the checkpoints' QuickGELU,
+    without a warning. With no config.json it fails loudly; the card's snippet builds the
+    model with the QuickGELU patch instead."""
+    return None
