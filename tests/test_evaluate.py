@@ -33,7 +33,9 @@ VARIANT = "cait_xxs24_224"
 # measured: 0.0 (bit-identical float32) on every test image, for CaiT (timm's own config) and both
 # CvT geometries; the bound leaves room for float32 rounding in another numpy/torch build only
 PIXEL_TOLERANCE = 1e-5
-CLASSES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
+# folders named as ImageNet names them: a description ("tabby", "espresso") or a synset (744: "projectile, missile")
+CLASSES = {"tabby": "chelsea", "espresso": "coffee", "n04008634": "rocket"}
+IMAGENET_INDEX = {"tabby": 281, "espresso": 967, "n04008634": 744}
 HEADS = 4  # cait_xxs24: 4 heads, 2 class-attention blocks, a 14x14 patch grid
 
 
@@ -46,13 +48,13 @@ def _write_images(root: Path) -> list[Path]:
         img = getattr(skimage.data, name)()
         h, w = img.shape[:2]
         variants = {"full.jpg": img, "flip.png": img[:, ::-1], "crop.jpg": img[h // 8: h - h // 5, w // 6: w - w // 9]}
-        if cls == "coffee":
+        if cls == "espresso":
             variants["grey.png"] = img.mean(axis=-1).astype(np.uint8)  # a one-channel file: converted to RGB
         (root / cls).mkdir(parents=True)
         for fname, arr in variants.items():
             Image.fromarray(np.ascontiguousarray(arr)).save(root / cls / fname, quality=90)
             paths.append(root / cls / fname)
-    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "tabby" / "notes.txt").write_text("not an image")
     return paths
 
 
@@ -104,6 +106,38 @@ def test_shared_preprocessing_matches_timm(data, tmp_path):
         assert diff <= PIXEL_TOLERANCE, (name, diff)
 
 
+def test_card_preprocessing_snippet_is_timms_transform(data, tmp_path):
+    """The card's PIL + numpy snippet against timm's create_transform on real photographs
+    (scikit-image's, at their own sizes): identical, max |Δ| 0, for each crop mode and for a
+    crop_pct whose resize timm floors (224 / 0.9 = 248.9: 248 px, where rounding gives 249)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from porting.card import preprocessing_snippet
+
+    files = [str(p) for p in data[1] if p.suffix == ".jpg"]
+    cfg = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic"}
+    cait = get_variant(VARIANT)
+    cases = {
+        "cait": (cait, {"timm_model": VARIANT}),
+        "crop_pct_0.9": (replace(cait, preprocessing={**cait.preprocessing, "crop_pct": 0.9}),
+                         {"config": {**cfg, "input_size": [3, 224, 224], "crop_pct": 0.9}}),
+        "cvt-13-224": (get_variant("cvt-13-224"), {"config": {**cfg, "input_size": [3, 224, 224], "crop_pct": 0.875}}),
+        "cvt-13-384": (get_variant("cvt-13-384"),
+                       {"config": {**cfg, "input_size": [3, 384, 384], "crop_pct": 1.0, "crop_mode": "squash"}}),
+    }
+    for name, (spec, job) in cases.items():
+        run_worker("parity.run_eval", {"job": "timm_preprocess", "images": files,
+                                       "out": str(tmp_path / f"{name}.npy"), **job}, tmp_path)
+        theirs = np.load(tmp_path / f"{name}.npy")
+        namespace: dict = {}
+        exec(preprocessing_snippet(spec), namespace)  # noqa: S102 - the card's own code, as a user runs it
+        ours = np.stack([namespace["preprocess"](Image.open(f)) for f in files])
+        assert ours.shape == theirs.shape and ours.dtype == np.float32, name
+        assert float(np.abs(ours - theirs).max()) == 0.0, name
+
+
 def test_preprocessing_geometry():
     cait, cvt224, cvt384 = (spec_preprocessing(get_variant(n)) for n in (VARIANT, "cvt-13-224", "cvt-13-384"))
     assert (cait["crop_pct"], cait["scale_size"], cait["crop_mode"]) == (1.0, 224, "center")
@@ -124,29 +158,53 @@ def test_discover_class_folders_and_labels_file(data, tmp_path):
     root, paths = data
     ds = discover(root)
     assert ds.layout == "class_folders" and len(ds.files) == len(paths) == 10
-    assert "cat/notes.txt" not in ds.files
-    assert ds.classes == {"cat": 0, "coffee": 1, "rocket": 2}  # sorted subfolder order
-    assert [ds.labels[ds.files.index(f"{c}/full.jpg")] for c in ("cat", "coffee", "rocket")] == [0, 1, 2]
+    assert "tabby/notes.txt" not in ds.files
+    # a model without class names (a head of its own): sorted subfolder order
+    assert ds.classes == {"espresso": 0, "n04008634": 1, "tabby": 2}
+    assert [ds.labels[ds.files.index(f"{c}/full.jpg")] for c in ("espresso", "n04008634", "tabby")] == [0, 1, 2]
     cmap = tmp_path / "classes.json"
-    cmap.write_text(json.dumps({"cat": 281, "coffee": 967, "rocket": 812}))
+    cmap.write_text(json.dumps({"tabby": 281, "espresso": 967, "n04008634": 812}))
     assert sorted(set(discover(root, class_map=cmap).labels.tolist())) == [281, 812, 967]
     names = tmp_path / "names.txt"  # one class name per line: index = line number
-    names.write_text("rocket\ncat\ncoffee\n")
-    assert discover(root, class_map=names).labels[ds.files.index("rocket/flip.png")] == 0
+    names.write_text("n04008634\ntabby\nespresso\n")
+    assert discover(root, class_map=names).labels[ds.files.index("n04008634/flip.png")] == 0
     # flat ImageNet-val style: '<file> <label>', the label an index or a class-map name
     labels = tmp_path / "labels.txt"
-    labels.write_text("# file label\ncat/full.jpg 5\ncoffee/grey.png,coffee\n\nrocket/crop.jpg 7\n")
+    labels.write_text("# file label\ntabby/full.jpg 5\nespresso/grey.png,espresso\n\nn04008634/crop.jpg 7\n")
     flat = discover(root, class_map=cmap, labels=labels)
-    assert flat.layout == "labels_file" and flat.files == ["cat/full.jpg", "coffee/grey.png", "rocket/crop.jpg"]
+    assert flat.layout == "labels_file"
+    assert flat.files == ["tabby/full.jpg", "espresso/grey.png", "n04008634/crop.jpg"]
     assert flat.labels.tolist() == [5, 967, 7]
-    labels.write_text("cat/full.jpg zebra\n")
+    labels.write_text("tabby/full.jpg zebra\n")
     with pytest.raises(EvalError, match="zebra"):
         discover(root, class_map=cmap, labels=labels)
-    labels.write_text("cat/missing.jpg 1\n")
+    labels.write_text("tabby/missing.jpg 1\n")
     with pytest.raises(EvalError, match="not an image file"):
         discover(root, labels=labels)
     with pytest.raises(EvalError, match="no class subfolders"):
-        discover(root / "cat")
+        discover(root / "tabby")
+
+
+def test_class_folders_are_matched_to_the_models_class_names(ported, data, tmp_path):
+    """ImageNet folder names (synsets or names, any case) go to the model's indices; folders
+    that are not its class names are refused in one line saying how to map them."""
+    from porting.manifest import read_record
+
+    labels = read_record(ported).labels
+    assert labels["set"] == "imagenet-1k" and len(labels["names"]) == 1000
+    ds = discover(data[0], model_labels=labels)
+    assert ds.classes == IMAGENET_INDEX
+    assert ds.source["class_map"] == "folder names matched to the model's imagenet-1k class names"
+    odd = tmp_path / "odd"
+    for name in ("Tabby", "cat", "dog"):
+        (odd / name).mkdir(parents=True)
+    with pytest.raises(EvalError) as refused:
+        discover(odd, model_labels=labels)
+    message = str(refused.value)
+    assert "\n" not in message and "cat, dog are not class names" in message and "--class-map" in message
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"Tabby": 281, "cat": 285, "dog": 207}))
+    assert discover(odd, class_map=cmap, model_labels=labels).classes == {"Tabby": 281, "cat": 285, "dog": 207}
 
 
 def test_class_attention_maps_cvt_layout():
@@ -172,7 +230,10 @@ def test_eval_every_runtime_agrees(evaluated, ported, data):
                            "preprocessing", "batch", "runtimes", "agreement", "time", "toolkit_version"}
     assert report["variant"] == VARIANT and report["random_weights"] is True
     assert report["dataset"] == {**report["dataset"], "layout": "class_folders", "num_images": n,
-                                 "num_classes_in_data": 3, "class_map": "sorted subfolder names"}
+                                 "num_classes_in_data": 3,
+                                 "class_map": "folder names matched to the model's imagenet-1k class names"}
+    assert report["class_names"] == "imagenet-1k"
+    assert all(w["label_name"] in ("tabby", "espresso", "projectile") for w in report["agreement"]["worst"])
     assert report["preprocessing"]["crop_pct"] == 1.0 and report["preprocessing"]["interpolation"] == "bicubic"
     assert list(report["runtimes"]) == ["pytorch", "keras", "savedmodel", "onnxruntime"]
     for name, r in report["runtimes"].items():
@@ -238,7 +299,7 @@ def test_eval_labels_file_counts_exactly(ported, data, tmp_path):
 def test_eval_refuses_unknown_runtime_and_bad_labels(ported, data, tmp_path):
     with pytest.raises(EvalError, match="unknown runtime"):
         evaluate(ported, data[0], EvalOptions(runtimes=["tflite"], progress=False, log=lambda m: None))
-    (tmp_path / "labels.txt").write_text("cat/full.jpg 1000\n")
+    (tmp_path / "labels.txt").write_text("tabby/full.jpg 1000\n")
     with pytest.raises(EvalError, match="1000 classes"):
         evaluate(ported, data[0], EvalOptions(labels=str(tmp_path / "labels.txt"), progress=False,
                                               log=lambda m: None))
@@ -254,7 +315,7 @@ def test_attention_png_draws_the_model_outputs(ported, data, tmp_path):
     import porting.families.cait.model  # noqa: F401  (registers the layers for load_model)
     from porting.attention_viz import attention_figure
 
-    image = data[0] / "rocket" / "crop.jpg"  # non-square
+    image = data[0] / "n04008634" / "crop.jpg"  # non-square
     results = {}
     for source in ("keras", "savedmodel"):
         results[source] = attention_figure(ported, image, out=tmp_path / f"{source}.png", source=source,

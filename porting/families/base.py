@@ -124,13 +124,16 @@ class ReferenceSnippet:
     """How a PyTorch user builds the reference model and loads ``model.safetensors`` (model card).
 
     ``build`` are the lines after the imports that leave an eval-mode ``model`` with the weights
-    loaded; ``call`` is the expression on an NCHW tensor ``x`` that gives the head output.
+    loaded, run in the folder holding ``model.safetensors``; ``call`` is the expression on an NCHW
+    tensor ``x`` that gives the head output; ``hub_line``, where the library loads a published
+    repository by itself, is that line with ``{repo}`` for the repository id.
     """
 
     title: str
     imports: tuple[str, ...]
     build: tuple[str, ...]
     call: str
+    hub_line: str | None = None
 
 
 @runtime_checkable

@@ -87,15 +87,11 @@ class CaiTFamily(Family):
         return f"timm/{spec.pretrained_tag}" if spec.pretrained_tag else None
 
     def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
-        kwargs = {"num_classes": spec.config.num_classes, **timm_model_args(spec)}
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        # timm reads the folder's config.json (architecture, model_args, class names) and model.safetensors
         return ReferenceSnippet(
-            title="PyTorch with timm (`model.safetensors`)",
-            imports=("import timm", "from safetensors.torch import load_file"),
-            build=(f"model = timm.create_model({spec.timm_name or spec.name!r}, pretrained=False, {args})",
-                   "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)",
-                   "model.eval()"),
-            call="model(x)")
+            title="PyTorch with timm (`model.safetensors`, `config.json`)", imports=("import timm",),
+            build=("model = timm.create_model(\"local-dir:.\", pretrained=True).eval()",),
+            call="model(x)", hub_line="model = timm.create_model(\"hf-hub:{repo}\", pretrained=True).eval()")
 
     def class_attention(self, spec: VariantSpec) -> ClassAttention:
         return ClassAttention(r"blocks_token_only_(\d+)_attn", title="class-attention blocks")

@@ -1,0 +1,46 @@
+"""Which files make each published form of a port, and where each form goes.
+
+One Hugging Face repository cannot hold two ``config.json``: timm reads its own config from the
+repository root (``timm.create_model("hf-hub:owner/name")``) and ``keras.saving.load_model("hf://...")``
+downloads the whole repository and reads Keras' ``config.json`` from its root. So each form is a
+repository of its own, named from the target (``owner/name`` the Keras model, ``owner/name-savedmodel``,
+``owner/name-onnx``, ``owner/name-pytorch``), and each card links the others. On Kaggle Models a
+model has a slot per framework: ``owner/model/<framework>/<variation>``.
+
+Every repository also carries the port's record, parity reports and a manifest of its own files.
+
+Standard library only (the orchestrating process imports no framework).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from porting.export import ONNX_ATTENTION_FILE, ONNX_DATA_FILE, ONNX_FILE
+from porting.manifest import METADATA_NAME
+
+KERAS_FILE = "model.keras"
+SAFETENSORS_FILE = "model.safetensors"
+SAVED_MODEL_DIR = "saved_model"
+HUB_CONFIG = "config.json"  # the reference library's own config (timm), where the family writes one
+REPORTS = (METADATA_NAME, "parity.json", "parity.md")  # in every published repository
+
+
+@dataclass(frozen=True)
+class Format:
+    key: str
+    title: str
+    hf_suffix: str  # appended to hf://owner/name
+    kaggle_framework: str  # Kaggle Models' framework slot
+    files: tuple[str, ...]  # artifact-folder paths (a folder means everything under it); absent ones are skipped
+    tags: tuple[str, ...]
+
+
+FORMATS = {
+    "keras": Format("keras", "Keras 3", "", "keras", (KERAS_FILE,), ("keras",)),
+    "savedmodel": Format("savedmodel", "TensorFlow SavedModel", "-savedmodel", "tensorFlow2", (SAVED_MODEL_DIR,),
+                         ("tensorflow", "saved_model")),
+    "onnx": Format("onnx", "ONNX", "-onnx", "onnx", (ONNX_FILE, ONNX_ATTENTION_FILE, ONNX_DATA_FILE), ("onnx",)),
+    "pytorch": Format("pytorch", "PyTorch (safetensors)", "-pytorch", "pyTorch", (SAFETENSORS_FILE, HUB_CONFIG),
+                      ("pytorch", "safetensors")),
+}
