@@ -11,7 +11,7 @@ import time
 from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
 from parity.worker import worker_main
 from porting.mapping import MappingError, MappingFileError, load_mapping
-from porting.variants import VariantSpec
+from porting.variants import FAMILIES, VariantSpec
 
 
 def _run_parity_inputs(runner, job: dict) -> dict:
@@ -50,7 +50,10 @@ def job_convert(job: dict) -> dict:
     model = build_keras_model(spec, initializer="zeros", intermediates=True)
     timings["build"] = time.perf_counter() - t
     t = time.perf_counter()
-    assigned = convert_weights(model, state, mapping, source_name=job.get("source_name", job["source"]))
+    # a feature extractor (num_classes=0) has no classifier: its rules find no key, on purpose
+    classifier = FAMILIES[spec.family].get("classifier", "head")
+    assigned = convert_weights(model, state, mapping, source_name=job.get("source_name", job["source"]),
+                               may_be_absent=(classifier,) if spec.config.num_classes == 0 else ())
     del state
     timings["assign"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -109,8 +112,6 @@ def job_run_file(job: dict) -> dict:
     """Reload ``model.keras`` from disk and run it: eagerly (``keras_file``) or compiled
     (``keras_compiled``: XLA via ``jit_compile=True``, else a tf.function; which one is recorded)."""
     import keras
-
-    from porting.variants import FAMILIES
 
     # registers the family's serializable layers (package vit_porting)
     spec = VariantSpec.from_dict(job["spec"])

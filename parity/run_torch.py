@@ -10,7 +10,8 @@ import torch
 
 from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from parity.worker import worker_main
-from porting.sources import CheckpointError, open_checkpoint, resolve_weights
+from porting.mapping import MappingError, MappingFileError, load_mapping
+from porting.sources import CheckpointError, open_checkpoint, refuse_other_family, resolve_weights
 from porting.variants import FAMILIES, VariantSpec, load_symbol
 
 
@@ -42,13 +43,13 @@ def job_source(job: dict) -> dict:
     The mapping's declarative renames (e.g. a 'module.' prefix) are applied here, so that the
     reference, the converter and the round trip all read the same keys.
     """
-    from porting.mapping import load_mapping
-
     spec = _spec(job)
     builder = load_symbol(spec.family, "torch_reference")
+    mapping = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"])
     state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), build_reference=builder,
                                     new_head=job.get("new_head", False))
-    mapping = load_mapping(job.get("mapping") or FAMILIES[spec.family]["mapping"])
+    if origin.kind == "file":
+        refuse_other_family(spec, state, mapping, origin)
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         new = mapping.rename_key(key)
@@ -149,11 +150,9 @@ def job_onnx(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from porting.mapping import MappingError
-
     worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
                  "state_shapes": job_state_shapes, "onnx": job_onnx},
-                (CheckpointError, MappingError), argv)
+                (CheckpointError, MappingError, MappingFileError), argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ port, which the manifest documents and ``verify`` leaves out (porting/manifest.p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import threading
@@ -40,6 +39,7 @@ from parity.images import resize_and_crop, resolve_preprocessing
 from parity.run_eval import RUNTIMES
 from parity.worker import run_worker
 from porting.manifest import EVAL_DIR, verify_manifest
+from porting.safety import make_scratch
 from porting.variants import VariantSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
@@ -309,9 +309,7 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
     pre = spec_preprocessing(spec)
     log(f"Evaluating {folder} on {len(dataset.files)} images of {dataset.root} ({dataset.layout}); "
         f"runtimes: {', '.join(runtimes)}")
-    work = folder.parent / f".{folder.name}.eval-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = make_scratch(folder.parent, f"{folder.name}.eval")
     try:
         start = time.perf_counter()
         prepare_pixels(dataset, pre, work / "pixels.npy", options.progress)

@@ -7,6 +7,13 @@ A dry run (the default) stages exactly the files an upload would send into a sta
 (``<out root>/.staging/<target slug>/``): the artifact files, byte-identical, plus README.md
 (the model card, rendered for the target) and manifest.json (the port's manifest with the
 README.md entry updated and a ``published`` note), so the staged folder verifies on its own.
+A folder that does not match its manifest is refused before anything is staged, dry run or not.
+
+The staging folder is publish's own: it holds a marker file (never uploaded) listing what it
+stages, and a later publish empties it only when everything in it is on that list. An existing
+folder that is not empty and carries no marker (an artifact folder, a user's folder) is refused:
+no publish deletes or overwrites a file it did not write. Paths read from a manifest are used
+only when they stay inside their folder.
 
 ``push=True`` uploads, and first refuses when the folder no longer matches its manifest
 (files changed since the port), when parity did not pass, when the weights are random
@@ -17,6 +24,7 @@ README.md entry updated and a ``published`` note), so the staged folder verifies
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porting.card import CARD_NAME, KAGGLE_LICENSES, hub_license, render_card
-from porting.manifest import MANIFEST_NAME, read_manifest, sha256_file, verify_manifest
+from porting.manifest import MANIFEST_NAME, sha256_file, verify_manifest
+from porting.safety import STAGING_MARKER, UnsafePathError, first_line, inside, write_text_atomic
 from porting.variants import VariantSpec
 
 STAGING = ".staging"
@@ -84,22 +93,26 @@ class Staged:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise PublishError(f"{path}: missing; is this a complete port?") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PublishError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PublishError(f"{path}: not a JSON object; is this a complete port?")
+    return data
 
 
-def refusals(folder: Path, allow_random: bool = False) -> list[str]:
-    """Why ``folder`` must not be uploaded (empty: it may)."""
+def refusals(folder: Path, allow_random: bool = False, problems: list[str] | None = None) -> list[str]:
+    """Why ``folder`` must not be uploaded (empty: it may); ``problems``: its manifest check, if
+    already done (hashing a 1.4 GB folder once is enough)."""
     folder = Path(folder)
-    problems = verify_manifest(folder)
+    problems = verify_manifest(folder) if problems is None else problems
     found = [f"files changed since the port (manifest check failed): {p}" for p in problems[:10]]
     if len(problems) > 10:
         found.append(f"... and {len(problems) - 10} more manifest problems")
     if (folder / MANIFEST_NAME).exists() and (folder / "parity.json").exists():
-        manifest = read_manifest(folder)
+        manifest = _read_json(folder / MANIFEST_NAME)
         report = _read_json(folder / "parity.json")
         if not (manifest.get("parity", {}).get("passed") and report.get("passed")):
             failing = [f"{r['runtime']} ({r['device']})" for r in report.get("runtimes", []) if not r.get("passed")]
@@ -113,49 +126,89 @@ def refusals(folder: Path, allow_random: bool = False) -> list[str]:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (a copy across file systems); never over an existing file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        with open(src, "rb") as reader, open(dst, "xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 22)
+        shutil.copystat(src, dst)
+
+
+def _claim_staging(staged: Path, folder: Path, files: list[str]) -> None:
+    """Make ``staged`` an empty staging folder of ours whose marker lists ``files`` (what it
+    will hold), before anything is staged, so that a stage cut short is still recognised.
+
+    A folder is emptied only when it carries the marker and holds nothing the marker does not
+    list; a folder without one is used only when it is empty."""
+    where = f"{staged} (--stage-dir)"
+    if staged.resolve() == folder.resolve() or folder.resolve() in staged.resolve().parents:
+        raise PublishError(f"{where}: the staging folder must be outside the artifact folder")
+    if staged.resolve() in folder.resolve().parents:
+        raise PublishError(f"{where}: the staging folder must not contain the artifact folder {folder}")
+    if staged.is_symlink() or (staged.exists() and not staged.is_dir()):
+        raise PublishError(f"{where}: exists and is not a folder; choose another --stage-dir")
+    if staged.exists() and any(staged.iterdir()):
+        marker = staged / STAGING_MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise PublishError(f"{where}: exists, is not empty and was not made by a publish (no {STAGING_MARKER}); "
+                               "choose an empty or new --stage-dir")
+        try:
+            ours = {STAGING_MARKER, *json.loads(marker.read_text())["files"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise PublishError(f"{where}: its {STAGING_MARKER} is not readable; choose another --stage-dir") from None
+        others = sorted(rel for rel in (p.relative_to(staged).as_posix() for p in staged.rglob("*")
+                                        if not p.is_dir() or p.is_symlink()) if rel not in ours)
+        if others:
+            raise PublishError(f"{where}: holds files no publish staged ({', '.join(others[:5])}"
+                               f"{' ...' if len(others) > 5 else ''}); move them away or choose another --stage-dir")
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(staged / STAGING_MARKER, json.dumps({"made_by": "vit-port publish", "artifact_folder":
+                                                           str(folder), "files": files}, indent=1) + "\n")
 
 
 def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None = None,
           allow_random: bool = False) -> Staged:
     """Stage what an upload of ``folder`` to ``target`` sends (any complete port, random
-    weights included). The artifact folder itself is not changed."""
+    weights included). The artifact folder itself is not changed; one that does not match its
+    manifest is refused (PublishError) before anything is staged."""
     folder = Path(folder)
     target = parse_target(target) if isinstance(target, str) else target
     for name in ("config.json", "parity.json", MANIFEST_NAME):
         if not (folder / name).exists():
             raise PublishError(f"{folder / name}: missing; is this a complete port? (make port VARIANT=...)")
-    manifest = read_manifest(folder)
+    manifest = _read_json(folder / MANIFEST_NAME)
     config = _read_json(folder / "config.json")
     report = _read_json(folder / "parity.json")
+    problems = verify_manifest(folder)
+    if problems:
+        raise PublishError(f"{folder} does not match its manifest, nothing staged ({len(problems)} problem(s), "
+                           f"first: {problems[0]}); see `vit-port verify {folder}`")
+    try:
+        sources = {rel: inside(folder, rel) for rel in manifest["files"] if rel != CARD_NAME}
+    except UnsafePathError as exc:  # verify_manifest reports these too; a folder may change meanwhile
+        raise PublishError(f"{folder / MANIFEST_NAME} lists {exc}; nothing staged") from None
     staged = Path(stage_dir) if stage_dir else folder.parent / STAGING / target.slug
-    if staged.resolve() == folder.resolve() or folder.resolve() in staged.resolve().parents:
-        raise PublishError(f"{staged}: the staging folder must be outside the artifact folder")
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
-    for rel in manifest.get("files", {}):
-        if rel == CARD_NAME:
-            continue
-        src = folder / rel
-        if src.is_file():
-            _link_or_copy(src, staged / rel)
-    listed = {k: v for k, v in manifest.get("files", {}).items() if k != CARD_NAME}
+    _claim_staging(staged, folder, sorted({*sources, CARD_NAME, MANIFEST_NAME}))
+    for rel, src in sources.items():
+        _link_or_copy(src, inside(staged, rel))
+    listed = {k: v for k, v in manifest["files"].items() if k != CARD_NAME}
     card = render_card(config, report, manifest.get("versions", {}), listed, target.url, manifest)
-    (staged / CARD_NAME).write_text(card)
-    files = dict(manifest.get("files", {}))
+    write_text_atomic(staged / CARD_NAME, card)
+    files = dict(manifest["files"])
     files[CARD_NAME] = {"size": (staged / CARD_NAME).stat().st_size, "sha256": sha256_file(staged / CARD_NAME)}
     staged_manifest = {**manifest, "files": dict(sorted(files.items())),
                        "published": {"target": target.url, "card": f"{CARD_NAME} rendered for the target; "
                                      "every other file is the port's, byte for byte"}}
-    (staged / MANIFEST_NAME).write_text(json.dumps(staged_manifest, indent=1) + "\n")
+    write_text_atomic(staged / MANIFEST_NAME, json.dumps(staged_manifest, indent=1) + "\n")
     listing = {p.relative_to(staged).as_posix(): p.stat().st_size
-               for p in sorted(staged.rglob("*")) if p.is_file()}
+               for p in sorted(staged.rglob("*")) if p.is_file() and p.name != STAGING_MARKER}
     random = bool(report.get("random_weights") or (manifest.get("origin") or {}).get("random_weights"))
-    return Staged(target, staged, listing, refusals(folder, allow_random), random)
+    return Staged(target, staged, listing, refusals(folder, allow_random, problems), random)
 
 
 def _token_problem(target: Target) -> str | None:
@@ -175,17 +228,26 @@ def _token_problem(target: Target) -> str | None:
 
 
 def upload(staged: Staged, private: bool = False, message: str | None = None) -> str:
-    """Send the staged folder; returns where it went."""
+    """Send the staged folder (not its marker); returns where it went. A failure of the client
+    or the network is one line (PublishError), not the library's hundred."""
     target = staged.target
-    manifest = read_manifest(staged.folder)
+    manifest = _read_json(staged.folder / MANIFEST_NAME)
     message = message or f"{manifest['variant']}: vit-porting {manifest.get('versions', {}).get('toolkit')}"
+    try:
+        return _send(staged, target, private, message)
+    except Exception as exc:  # noqa: BLE001 - any client, HTTP or network failure ends the same way
+        raise PublishError(f"upload of {staged.folder} to {target.url} failed: {type(exc).__name__}: "
+                           f"{first_line(exc)}") from None
+
+
+def _send(staged: Staged, target: Target, private: bool, message: str) -> str:
     if target.kind == "hf":
         from huggingface_hub import HfApi
 
         api = HfApi()  # token: HF_TOKEN or the login cache, found by huggingface_hub
         api.create_repo(repo_id=target.id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(repo_id=target.id, repo_type="model", folder_path=str(staged.folder),
-                          commit_message=message)
+                          commit_message=message, ignore_patterns=[STAGING_MARKER])
         return f"https://huggingface.co/{target.id}"
     import kagglehub
 
@@ -193,7 +255,7 @@ def upload(staged: Staged, private: bool = False, message: str | None = None) ->
     config.pop("origin", None)
     license_id = hub_license(VariantSpec.from_dict(config))
     kagglehub.model_upload(target.id, str(staged.folder), license_name=KAGGLE_LICENSES.get(license_id, "Other"),
-                           version_notes=message)
+                           version_notes=message, ignore_patterns=[STAGING_MARKER])
     owner, model = target.id.split("/")[:2]
     return f"https://www.kaggle.com/models/{owner}/{model}"
 
@@ -209,7 +271,8 @@ def publish(folder: Path | str, target: str, push: bool = False, allow_random: b
     if push:  # refuse before staging anything
         found = refusals(folder, allow_random)
         if found:
-            raise PublishError(f"refusing to upload {folder} to {parsed.url}:\n  " + "\n  ".join(found))
+            raise PublishError(f"refusing to upload {folder} to {parsed.url}: {found[0]}"
+                               + "".join(f"\n  {reason}" for reason in found[1:]))
     staged = stage(folder, parsed, stage_dir, allow_random)
     log(f"Staged {len(staged.files)} files ({staged.total_bytes / 1e6:.1f} MB) for {parsed.url} in {staged.folder}:")
     for rel, size in staged.files.items():

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import huggingface_hub
@@ -20,6 +21,7 @@ from porting.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, rend
 from porting.manifest import read_manifest, sha256_file, verify_manifest, write_manifest
 from porting.pipeline import TOOLKIT_VERSION, PortOptions, port
 from porting.publish import PublishError, parse_target, publish, stage
+from porting.safety import STAGING_MARKER
 from porting.variants import get_variant
 
 from conftest import ROOT
@@ -48,13 +50,16 @@ def tokens(monkeypatch):
 
 
 class Recorder:
-    """Stands in for the network boundary: records each call and what the folder held then."""
+    """Stands in for the network boundary: records each call and what the folder held then,
+    less what the call's ignore_patterns keep back (as both libraries do)."""
 
     def __init__(self):
         self.calls: list[tuple[str, dict]] = []
 
     def record(self, name: str, kwargs: dict, folder: str | None = None) -> None:
-        listing = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()) \
+        ignored = kwargs.get("ignore_patterns") or []
+        listing = sorted(rel for rel in (p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
+                                         if p.is_file()) if not any(fnmatch(rel, pat) for pat in ignored)) \
             if folder else None
         self.calls.append((name, {**kwargs, "_listing": listing}))
 
@@ -73,8 +78,8 @@ def fake_network(monkeypatch) -> Recorder:
 
     def model_upload(handle, local_model_dir, license_name=None, version_notes="", ignore_patterns=None, **kw):
         rec.record("model_upload", {"handle": handle, "local_model_dir": local_model_dir,
-                                    "license_name": license_name, "version_notes": version_notes, **kw},
-                   local_model_dir)
+                                    "license_name": license_name, "version_notes": version_notes,
+                                    "ignore_patterns": ignore_patterns, **kw}, local_model_dir)
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -208,7 +213,9 @@ def test_dry_run_stages_exactly_the_upload_and_leaks_no_token(ported, tmp_path):
         assert result.returncode == 0, result.stderr
         output = result.stdout + result.stderr
         staged = {p.relative_to(stage_dir).as_posix(): p for p in stage_dir.rglob("*") if p.is_file()}
-        # exactly the port's files (byte for byte), the card rendered for the target, the manifest
+        # exactly the port's files (byte for byte), the card rendered for the target, the manifest;
+        # and publish's marker (its proof it made the folder), which no upload sends
+        assert staged.pop(STAGING_MARKER).is_file()
         assert set(staged) == set(before["files"]) | {"manifest.json"}
         for rel, entry in before["files"].items():
             if rel != CARD_NAME:
