@@ -46,19 +46,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def die_with_parent(parent: int) -> None:
-    """End this process when ``parent`` ends, however it ends (SIGKILL included).
+def _arm_parent_death() -> Callable[[], None] | None:
+    """``preexec_fn`` for a worker on Linux: between fork and exec, ask the kernel for SIGKILL
+    when this process dies (``PR_SET_PDEATHSIG``, kept across exec), so the worker dies even
+    while still importing its framework; if this process died before the call, exit at once.
+    prctl is looked up here, before the fork, so the child only calls it. None elsewhere:
+    ``worker_main`` polls instead."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
 
-    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); the parent may
-    have died before the call, so the parent is checked right after it. Elsewhere a daemon
-    thread polls for the parent.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-            if os.getppid() != parent:
-                os._exit(1)
-            return
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+def _poll_parent(parent: int) -> None:
+    """Where the kernel cannot end a worker with its parent (no PR_SET_PDEATHSIG), end it when
+    its parent changes (the parent died and the worker was adopted)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -82,8 +91,8 @@ def _refuse(result_path: Path, message: str) -> None:
 
 def worker_main(jobs: dict[str, Callable[[dict], dict]], user_errors: tuple[type, ...],
                 argv: list[str] | None = None) -> None:
-    if os.environ.get(PARENT_ENV):
-        die_with_parent(int(os.environ[PARENT_ENV]))
+    if os.environ.get(PARENT_ENV) and not sys.platform.startswith("linux"):  # Linux: armed before exec
+        _poll_parent(int(os.environ[PARENT_ENV]))
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
@@ -113,7 +122,7 @@ def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None) 
     repo_root = str(Path(__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, full_env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", module, str(job_path)], env=full_env,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, preexec_fn=_arm_parent_death())
     result_path = Path(job["result"])
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     if proc.returncode != 0 or not result or not result.get("ok"):

@@ -20,18 +20,9 @@ from porting import cli, pipeline
 from porting.mapping import MAPPINGS_DIR, MappingError, MappingFileError, MappingSpec
 from porting.variants import get_variant
 
-from conftest import ROOT, run_torch_job
+from conftest import ROOT, error_line, run_torch_job
 
 VARIANT = "cait_xxs24_224"
-
-
-def error_line(stderr: str) -> str:
-    """The error: exactly one line, the last one, no traceback (progress lines may precede it)."""
-    lines = stderr.strip().splitlines()
-    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert errors == [len(lines) - 1], stderr
-    assert "Traceback" not in stderr, stderr
-    return lines[-1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
