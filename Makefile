@@ -40,7 +40,7 @@ bench: $(STAMP)
 # Dry run by default: stages the files it would upload and lists them. PUSH=1 uploads (after
 # re-verifying the manifest; refuses failed parity, changed files, random weights unless ALLOW_RANDOM=1).
 publish: $(STAMP)
-	$(if $(TARGET),,$(error TARGET=hf://owner/name or TARGET=kaggle://owner/model/framework/variation is required))
+	$(if $(TARGET),,$(error TARGET=hf://owner/name or TARGET=kaggle://owner/model[/variation] is required))
 	$(PY) -m porting.cli publish $(VARIANT) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
 		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
 

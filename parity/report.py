@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from parity.compare import OutputComparison
+from porting.safety import write_text_atomic
 
 
 def runtime_summary(runtime: str, device: str, comparisons: list[OutputComparison]) -> dict:
@@ -151,5 +152,7 @@ def render_markdown(report: dict) -> str:
 
 
 def write_reports(report: dict, folder: Path) -> None:
-    (folder / "parity.json").write_text(json.dumps(report, indent=1))
-    (folder / "parity.md").write_text(render_markdown(report))
+    """Renamed into place: a re-check rewrites them in a folder whose files may be hard-linked
+    into a staging folder, which must not change with them."""
+    write_text_atomic(folder / "parity.json", json.dumps(report, indent=1))
+    write_text_atomic(folder / "parity.md", render_markdown(report))

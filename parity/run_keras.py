@@ -44,7 +44,10 @@ def job_convert(job: dict) -> dict:
     model = build_keras_model(spec, initializer="zeros", intermediates=True)
     timings["build"] = time.perf_counter() - t
     t = time.perf_counter()
-    assigned = convert_weights(model, state, mapping, source_name=job.get("source_name", job["source"]))
+    # a feature extractor (num_classes=0) has no classifier: its rules find no key, on purpose
+    classifier = get_family(spec.family).classifier
+    assigned = convert_weights(model, state, mapping, source_name=job.get("source_name", job["source"]),
+                               may_be_absent=(classifier,) if spec.config.num_classes == 0 else ())
     del state
     timings["assign"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -12,7 +12,8 @@ from parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from parity.worker import worker_main
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.sources import CheckpointError, class_labels, open_checkpoint, resolve_weights
+from porting.mapping import MappingError, MappingFileError
+from porting.sources import CheckpointError, class_labels, open_checkpoint, refuse_other_family, resolve_weights
 
 
 def _spec(job: dict) -> VariantSpec:
@@ -44,8 +45,10 @@ def job_source(job: dict) -> dict:
     reference, the converter and the round trip all read the same keys.
     """
     spec = _spec(job)
-    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
     mapping = get_family(spec.family).load_mapping(job.get("mapping"))
+    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
+    if origin.kind == "file":
+        refuse_other_family(spec, state, mapping, origin)
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         new = mapping.rename_key(key)
@@ -167,11 +170,9 @@ def job_onnx(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from porting.mapping import MappingError
-
     worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
                  "state_shapes": job_state_shapes, "onnx": job_onnx},
-                (CheckpointError, MappingError), argv)
+                (CheckpointError, MappingError, MappingFileError), argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ every panel, so tests can compare them with the model's outputs.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import sys
@@ -33,6 +32,7 @@ from parity.worker import run_worker
 from porting.evaluate import EvalError, load_record, spec_preprocessing
 from porting.families import get_family
 from porting.families.base import VariantSpec
+from porting.safety import make_scratch
 
 SOURCES = {"keras": "model.keras", "savedmodel": "saved_model"}
 
@@ -135,12 +135,12 @@ def attention_figure(folder: Path | str, image: Path | str, out: Path | str | No
         raise EvalError(f"{model_path}: missing; port with exports first")
     if not Path(image).is_file():
         raise EvalError(f"{image}: no such image")
+    if out is not None and (Path(out).exists() or Path(out).is_symlink()):  # the user's file, not ours to replace
+        raise EvalError(f"{out}: exists; --png does not overwrite files: choose another name or remove it")
     pre = spec_preprocessing(spec)
     pixels = resize_and_crop(image, pre)
     inputs = preprocess_image(image, pre)[None]
-    work = folder.parent / f".{folder.name}.attention-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = make_scratch(folder.parent, f"{folder.name}.attention")
     try:
         np.save(work / "image.npy", inputs)
         run_worker("parity.run_eval", {"job": "attention", "source": source, "spec": spec.to_dict(),

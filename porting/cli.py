@@ -6,7 +6,9 @@ The CLI process resolves names and orchestrates; frameworks load only in worker 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from parity.outputs import DEFAULT_BUDGET_MB
@@ -15,6 +17,35 @@ from porting.families import FamilyError, UnknownVariantError, add_family, all_v
 from porting.mapping import MappingFileError
 from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, parse_backends, port, recheck
 from porting.publish import PublishError
+from porting.safety import FolderBusyError, describe_os_error
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (it prints the whole usage first) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind: type, low: float, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a ``kind`` number at least (or above) ``low``, finite."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} must be {'at least' if inclusive else 'above'} {low:g}")
+        return value
+
+    return parse
+
+
+_COUNT = _number(int, 0)  # class counts, seeds, list lengths
+_POSITIVE = _number(int, 1)  # batch sizes, image counts, dpi
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -59,7 +90,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """Stage an artifact folder for hf://owner/name or kaggle://owner/model/framework/variation
+    """Stage an artifact folder for hf://owner/name or kaggle://owner/model[/variation], a folder per form
     (dry run), or with --push check it and upload it (porting/publish.py)."""
     from porting.publish import publish
 
@@ -142,7 +173,7 @@ def _print_summary(report: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vit-port", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vit-port", description=__doc__.splitlines()[0])
     # every command takes --family, so a plug-in family works with each of them
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--family", action="append", default=[], metavar="MODULE:OBJECT",
@@ -155,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variant")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (timm, HF hub or its cache), 'random', or a .safetensors/.pth path")
-    p.add_argument("--seed", type=int, default=0, help="seed of WEIGHTS=random (default 0)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of WEIGHTS=random (default 0)")
+    p.add_argument("--num-classes", type=_COUNT, default=None,
                    help="classifier size; 0 for a feature extractor (default: the checkpoint's)")
-    p.add_argument("--batch", type=int, default=2, help="parity batch size (default 2)")
+    p.add_argument("--batch", type=_POSITIVE, default=2, help="parity batch size (default 2)")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     p.add_argument("--mapping", default=None, help="mapping file to use instead of the family's")
@@ -166,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
     p.add_argument("--no-export", action="store_true",
                    help="write model.safetensors and check Keras eager only (no SavedModel, .keras, ONNX)")
-    p.add_argument("--output-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
+    p.add_argument("--output-budget-mb", type=_number(float, 0, inclusive=False), default=DEFAULT_BUDGET_MB,
                    help=f"outputs one runtime call may hold (default {DEFAULT_BUDGET_MB}); past it a runtime "
                         "computes its attention maps one image and one group of blocks at a time")
     p.set_defaults(func=cmd_port)
@@ -189,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stage (dry run) or upload (--push) an artifact folder with its model card")
     p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("--target", required=True,
-                   help="hf://owner/name or kaggle://owner/model/framework/variation")
+                   help="hf://owner/name (a repository per form: name, name-savedmodel, name-onnx, name-pytorch) "
+                        "or kaggle://owner/model[/variation] (a framework slot per form)")
     p.add_argument("--push", action="store_true", help="upload (default: stage and list the files only)")
     p.add_argument("--allow-random", action="store_true", help="let --push upload a random-weights port")
     p.add_argument("--private", action="store_true", help="create the Hugging Face repo private")
@@ -206,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="labels file of a flat folder: '<file> <label>' per line")
     p.add_argument("--class-map", default=None,
                    help="JSON {name: index} or a text file of class names (index = line number)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--worst", type=int, default=10, help="disagreements to list (default 10)")
+    p.add_argument("--batch", type=_POSITIVE, default=32, help="batch size (default 32)")
+    p.add_argument("--limit", type=_POSITIVE, default=None, help="evaluate the first N images only")
+    p.add_argument("--worst", type=_COUNT, default=10, help="disagreements to list (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_eval)
@@ -221,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run model.keras (default) or saved_model/")
     p.add_argument("--png", default=None, help="output PNG (default <folder>/eval/attention_<image>.png)")
     p.add_argument("--blocks", choices=("default", "all"), default="default",
-                   help="'all' draws every block the family names, where by default it draws only the last (CvT)")
-    p.add_argument("--dpi", type=int, default=60, help="PNG resolution (default 60)")
+                   help="CvT: 'all' draws every block of the last stage (default: the last block)")
+    p.add_argument("--dpi", type=_POSITIVE, default=60, help="PNG resolution (default 60)")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.set_defaults(func=cmd_attention)
 
@@ -238,11 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         for reference in args.family:
             add_family(reference)
         return args.func(args)
-    except (UnknownVariantError, FamilyError, PortError, MappingFileError, PublishError) as exc:
+    except (UnknownVariantError, FamilyError, PortError, MappingFileError, PublishError, FolderBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except WorkerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusing (full, read-only, permissions): one line naming the path
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)

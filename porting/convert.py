@@ -43,16 +43,18 @@ def port_weight(variable: keras.Variable, value: np.ndarray) -> None:
 
 
 def convert_weights(model: keras.Model, state_dict: Mapping[str, np.ndarray], mapping: MappingSpec,
-                    keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint") -> int:
+                    keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint",
+                    may_be_absent: tuple[str, ...] = ()) -> int:
     """Assign every Keras variable from ``state_dict`` under ``mapping``; strict (MappingError).
 
     Returns the number of variables assigned. The whole plan is checked before any
-    assignment, so a refused port leaves the model untouched.
+    assignment, so a refused port leaves the model untouched. ``may_be_absent``: source key
+    prefixes whose rules may match nothing (``MappingSpec.plan``).
     """
     variables = variables_by_path(model)
     shapes = {path: tuple(v.shape) for path, v in variables.items()}
     count = 0
-    for path, value in mapping.forward(state_dict, shapes, keep_unassigned, source_name):
+    for path, value in mapping.forward(state_dict, shapes, keep_unassigned, source_name, may_be_absent):
         port_weight(variables[path], value)
         count += 1
     return count

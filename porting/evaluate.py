@@ -24,7 +24,6 @@ port, which the manifest documents and ``verify`` leaves out (porting/manifest.p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import threading
@@ -41,6 +40,7 @@ from parity.run_eval import RUNTIMES
 from parity.worker import run_worker
 from porting.families.base import VariantSpec
 from porting.manifest import EVAL_DIR, PortRecord, read_record, verify_manifest
+from porting.safety import make_scratch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 # what each runtime loads, relative to the artifact folder
@@ -334,9 +334,7 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
     pre = spec_preprocessing(spec)
     log(f"Evaluating {folder} on {len(dataset.files)} images of {dataset.root} ({dataset.layout}); "
         f"runtimes: {', '.join(runtimes)}")
-    work = folder.parent / f".{folder.name}.eval-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = make_scratch(folder.parent, f"{folder.name}.eval")
     try:
         start = time.perf_counter()
         prepare_pixels(dataset, pre, work / "pixels.npy", options.progress)

@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from porting.families.base import VariantSpec
+from porting.safety import STAGING_MARKER, UnsafePathError, inside, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 # the toolkit's own record of a port (variant, config, weights origin, class names): its own name,
@@ -76,7 +77,8 @@ def runtime_versions(toolkit: str, libraries: tuple[str, ...] = ()) -> dict[str,
 
 
 def _post_port(rel: str) -> bool:
-    return rel.startswith(tuple(POST_PORT_DIRS))
+    # the staging marker is publish's proof that it made a staging folder; it is never uploaded
+    return rel.startswith(tuple(POST_PORT_DIRS)) or rel == STAGING_MARKER
 
 
 def file_table(folder: Path) -> dict[str, dict]:
@@ -105,12 +107,22 @@ def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "not_checksummed": dict(POST_PORT_DIRS),
     }
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
 def read_manifest(folder: Path | str) -> dict:
     return json.loads((Path(folder) / MANIFEST_NAME).read_text())
+
+
+def is_port_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a manifest a port wrote: what ``--force`` may replace."""
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"variant", "files", "parity"} <= set(manifest) \
+        and isinstance(manifest.get("versions"), dict) and "toolkit" in manifest["versions"]
 
 
 def verify_manifest(folder: Path | str) -> list[str]:
@@ -122,16 +134,28 @@ def verify_manifest(folder: Path | str) -> list[str]:
         return [f"{folder / MANIFEST_NAME}: missing"]
     except json.JSONDecodeError as exc:
         return [f"{folder / MANIFEST_NAME}: not JSON ({exc})"]
+    if not isinstance(manifest, dict):
+        return [f"{folder / MANIFEST_NAME}: not a JSON object"]
     problems = []
     for key in ("variant", "family", "files", "origin", "versions", "parity", "created"):
         if key not in manifest:
             problems.append(f"manifest.json: no {key!r} entry")
     listed = manifest.get("files", {})
+    if not isinstance(listed, dict):
+        return problems + ["manifest.json: 'files' is not a table of files"]
     present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     present.pop(MANIFEST_NAME, None)
     present = {rel: p for rel, p in present.items() if not _post_port(rel)}
     for rel, entry in sorted(listed.items()):
+        try:
+            inside(folder, rel)
+        except UnsafePathError as exc:
+            problems.append(f"manifest.json lists {exc}")
+            continue
         path = present.get(rel)
+        if not isinstance(entry, dict):
+            problems.append(f"{rel}: its manifest entry is not {{size, sha256}}")
+            continue
         if path is None:
             problems.append(f"{rel}: listed in the manifest but missing")
             continue

@@ -13,6 +13,7 @@ inverse, which is what proves a port bit-exact.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class MappingFileError(ValueError):
-    """A mapping file that cannot be read: names the file and the line."""
+    """A mapping file that cannot be read: names the file and the line, on one line."""
 
     def __init__(self, path: Path | str, line: int | None, message: str):
+        message = " ".join(str(message).split())  # YAML problems and reprs may hold newlines
         self.path, self.line, self.message = str(path), line, message
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {message}")
@@ -55,7 +57,8 @@ class ShapeMismatch:
 
 @dataclass
 class MappingError(ValueError):
-    """Everything that stops a port, gathered so one run shows every problem."""
+    """Everything that stops a port, gathered so one run shows every problem; the first line
+    counts them, the lines below name each."""
 
     mapping_path: str
     unused_sources: dict[str, tuple] = field(default_factory=dict)
@@ -64,31 +67,40 @@ class MappingError(ValueError):
     assigned_twice: dict[str, list[str]] = field(default_factory=dict)
     shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
     source_name: str = "checkpoint"
+    # "file:line (from -> to)" of a rule -> what is wrong with it
+    unknown_targets: dict[str, str] = field(default_factory=dict)
+    unmatched_rules: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.unused_sources or self.unassigned_targets or self.multiply_matched
-                    or self.assigned_twice or self.shape_mismatches)
+                    or self.assigned_twice or self.shape_mismatches or self.unknown_targets
+                    or self.unmatched_rules)
 
     def __str__(self) -> str:
-        lines = [f"{self.mapping_path} cannot map {self.source_name}:"]
-
-        def section(title: str, items: list[str], limit: int = 25) -> None:
+        sections = [
+            ("rules whose 'to' names no Keras variable",
+             [f"{rule}: {problem}" for rule, problem in self.unknown_targets.items()]),
+            ("rules that match no source key (a typo in 'from'?)", self.unmatched_rules),
+            ("source keys no rule used", [f"{k} {tuple(s)}" for k, s in sorted(self.unused_sources.items())]),
+            ("Keras variables no rule assigned",
+             [f"{k} {tuple(s)}" for k, s in sorted(self.unassigned_targets.items())]),
+            ("keys matched by two or more rules",
+             [f"{k}: {' and '.join(r)}" for k, r in sorted(self.multiply_matched.items())]),
+            ("Keras variables assigned more than once",
+             [f"{k}: from {', '.join(s)}" for k, s in sorted(self.assigned_twice.items())]),
+            ("shape mismatches", [str(m) for m in self.shape_mismatches]),
+        ]
+        found = [(title, items) for title, items in sections if items]
+        lines = [f"{self.mapping_path} cannot map {self.source_name}: "
+                 + "; ".join(f"{len(items)} {title.split(' (')[0]}" for title, items in found)]
+        for title, items in found:
             # A checkpoint of the wrong family fails on every key; the first ones and the
             # counts say so without burying the terminal.
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    - {item}" for item in items[:limit])
-                if len(items) > limit:
-                    lines.append(f"    ... and {len(items) - limit} more")
-
-        section("source keys no rule used", [f"{k} {tuple(s)}" for k, s in sorted(self.unused_sources.items())])
-        section("Keras variables no rule assigned",
-                [f"{k} {tuple(s)}" for k, s in sorted(self.unassigned_targets.items())])
-        section("keys matched by two or more rules",
-                [f"{k}: {' and '.join(r)}" for k, r in sorted(self.multiply_matched.items())])
-        section("Keras variables assigned more than once",
-                [f"{k}: from {', '.join(s)}" for k, s in sorted(self.assigned_twice.items())])
-        section("shape mismatches", [str(m) for m in self.shape_mismatches])
+            limit = 25
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    - {item}" for item in items[:limit])
+            if len(items) > limit:
+                lines.append(f"    ... and {len(items) - limit} more")
         return "\n".join(lines)
 
 
@@ -172,15 +184,24 @@ class Rename:
     replace: str
     line: int
 
+    def apply(self, key: str, path: str) -> str:
+        """``key`` substituted; a replacement that names a group the pattern lacks is found only
+        when it first matches, and is then the file's error (path:line), not a traceback."""
+        try:
+            return self.pattern.sub(self.replace, key)
+        except (re.error, IndexError) as exc:
+            raise MappingFileError(path, self.line, f"bad rename replacement {self.replace!r}: {exc}") from None
+
 
 class _Renames:
     """``rename_key`` of a file's ``rename`` list (mapping files and rename files)."""
 
     renames: list[Rename]
+    path: str
 
     def rename_key(self, key: str) -> str:
         for rename in self.renames:
-            key = rename.pattern.sub(rename.replace, key)
+            key = rename.apply(key, self.path)
         return key
 
 
@@ -192,6 +213,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, not {key!r}",
+                                                    key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark)
@@ -203,6 +229,15 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+def _yaml_error_line(exc: yaml.MarkedYAMLError) -> int | None:
+    """The line to blame. A construct left open (a flow mapping without its '}', a quote without
+    its end, a key without its ':') is noticed only where the next one starts, often the next
+    line or the end of the file: the line where the open construct began is the broken one."""
+    opened = exc.context and exc.context_mark and exc.context.startswith(("while scanning a", "while parsing a flow"))
+    mark = exc.context_mark if opened else exc.problem_mark or exc.context_mark
+    return mark.line + 1 if mark else None
+
+
 def read_yaml(path: Path | Traversable, what: str) -> Any:
     """Parse a mapping or rename file; YAML errors name the file and the line."""
     if not path.is_file():
@@ -210,11 +245,18 @@ def read_yaml(path: Path | Traversable, what: str) -> Any:
     try:
         return yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise MappingFileError(path, mark.line + 1 if mark else None,
-                               f"YAML error: {exc.problem or exc.context}") from None
+        detail = exc.problem or exc.context
+        if exc.problem and exc.context:
+            detail = f"{exc.problem} ({exc.context})"
+        raise MappingFileError(path, _yaml_error_line(exc), f"YAML error: {detail}") from None
     except yaml.YAMLError as exc:
         raise MappingFileError(path, None, f"YAML error: {exc}") from None
+    except UnicodeDecodeError:
+        raise MappingFileError(path, None, f"{what} is not UTF-8 text") from None
+    except OSError as exc:
+        raise MappingFileError(path, None, f"cannot read the {what}: {exc.strerror}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a value YAML cannot build: 2001-13-45
+        raise MappingFileError(path, None, f"YAML error: {type(exc).__name__}: {exc}") from None
 
 
 _TOP_KEYS = {"family", "source", "description", "rename", "rules", "drop"}
@@ -243,7 +285,7 @@ class MappingSpec(_Renames):
         unknown = set(data) - _TOP_KEYS - {"__line__"}
         if unknown:
             raise MappingFileError(path, data.get("__line__"),
-                                   f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+                                   f"unknown top-level keys {sorted(unknown, key=str)}; allowed: {sorted(_TOP_KEYS)}")
         for key in ("family", "rules"):
             if key not in data:
                 raise MappingFileError(path, data.get("__line__"), f"missing top-level key {key!r}")
@@ -252,6 +294,9 @@ class MappingSpec(_Renames):
             raise MappingFileError(path, data.get("__line__"), "'rules' must be a non-empty list")
         for entry in data["rules"]:
             rules.append(cls._rule(entry, path, targets))
+        for key in ("drop", "rename"):
+            if not isinstance(data.get(key) or [], list):
+                raise MappingFileError(path, data.get("__line__"), f"'{key}' must be a list")
         drops = [cls._drop(entry, path) for entry in data.get("drop") or []]
         renames = [cls._rename(entry, path) for entry in data.get("rename") or []]
         return cls(str(path), str(data["family"]), str(data.get("source", "")), rules, drops, renames)
@@ -266,7 +311,7 @@ class MappingSpec(_Renames):
             raise MappingFileError(path, line, f"rule is missing {', '.join(missing)}")
         extra = set(entry) - {"from", "to", "transform", "__line__"}
         if extra:
-            raise MappingFileError(path, line, f"unknown rule keys {sorted(extra)}")
+            raise MappingFileError(path, line, f"unknown rule keys {sorted(extra, key=str)}")
         source, target = str(entry["from"]), str(entry["to"])
         transform = str(entry.get("transform", "identity"))
         if transform not in TRANSFORMS:
@@ -292,7 +337,7 @@ class MappingSpec(_Renames):
         line = entry.get("__line__")
         extra = set(entry) - {"key", "reason", "restore", "__line__"}
         if extra:
-            raise MappingFileError(path, line, f"unknown drop keys {sorted(extra)}")
+            raise MappingFileError(path, line, f"unknown drop keys {sorted(extra, key=str)}")
         names = _check_placeholders(str(entry["key"]), path, line, "drop key")
         restore = None
         if entry.get("restore") is not None:
@@ -305,9 +350,10 @@ class MappingSpec(_Renames):
                 raise MappingFileError(path, line, f"restore beside {beside!r} must have every placeholder "
                                        f"of the drop key {sorted(names)}")
             try:
-                np.dtype(str(spec["dtype"]))
-            except TypeError:
-                raise MappingFileError(path, line, f"restore dtype {spec['dtype']!r} is not a numpy dtype") from None
+                np.asarray(spec["value"], dtype=np.dtype(str(spec["dtype"])))
+            except (TypeError, ValueError, OverflowError):
+                raise MappingFileError(path, line, f"restore value {spec['value']!r} of dtype {spec['dtype']!r} "
+                                       "is not a numpy value") from None
             restore = Restore(spec["value"], str(spec["dtype"]), beside, _compile_pattern(beside)[0])
         return Drop(str(entry["key"]), str(entry["reason"]), line, _compile_pattern(str(entry["key"]))[0],
                     restore)
@@ -319,25 +365,35 @@ class MappingSpec(_Renames):
             raise MappingFileError(path, line, "each rename needs 'pattern' (a regex) and 'replace'")
         try:
             regex = re.compile(str(entry["pattern"]))
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise MappingFileError(path, entry["__line__"], f"bad rename pattern: {exc}") from None
         return Rename(regex, str(entry["replace"]), entry["__line__"])
 
     # -- forward -----------------------------------------------------------------------------
+    def rule_at(self, rule: Rule) -> str:
+        """``file:line (from -> to)``: where to fix a rule."""
+        return f"{self.path}:{rule.line} ({rule.source} -> {rule.target})"
+
     def plan(self, source_shapes: MappingABC[str, tuple], target_shapes: MappingABC[str, tuple],
-             keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint") -> dict[str, tuple[str, Rule]]:
+             keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint",
+             may_be_absent: tuple[str, ...] = ()) -> dict[str, tuple[str, Rule]]:
         """Check a port without touching data: {target path: (source key, rule)} or MappingError.
 
         ``keep_unassigned`` names Keras variables left as initialised on purpose (a new
-        classifier head of another class count).
+        classifier head of another class count). A rule that matches no source key is refused
+        (in every case seen it was a typo), unless its source lies under one of
+        ``may_be_absent``: key prefixes the caller knows the model may lack (the classifier of a
+        feature extractor, ``num_classes=0``).
         """
         error = MappingError(self.path, source_name=source_name)
         assignments: dict[str, tuple[str, Rule]] = {}
         claimed_by: dict[str, list[str]] = {}
+        matched: set[int] = set()
         for key, shape in source_shapes.items():
             renamed = self.rename_key(key)
             hits = [(rule, rule.target_for(renamed)) for rule in self.rules]
             hits = [(rule, target) for rule, target in hits if target is not None]
+            matched.update(id(rule) for rule, _ in hits)
             if len(hits) > 1:
                 error.multiply_matched[key] = [rule.describe() for rule, _ in hits]
                 continue
@@ -347,7 +403,10 @@ class MappingSpec(_Renames):
                 continue
             rule, target = hits[0]
             if target not in target_shapes:
-                error.unused_sources[key] = tuple(shape)
+                near = difflib.get_close_matches(target, list(target_shapes), n=3, cutoff=0.6)
+                error.unknown_targets.setdefault(self.rule_at(rule), (
+                    f"{target!r} (for {key}) is no Keras variable"
+                    + (f"; nearest: {', '.join(near)}" if near else "")))
                 continue
             claimed_by.setdefault(target, []).append(key)
             transformed = _transformed_shape(tuple(shape), rule.transform)
@@ -355,6 +414,10 @@ class MappingSpec(_Renames):
                 error.shape_mismatches.append(ShapeMismatch(
                     rule.describe(), key, target, tuple(shape), transformed, tuple(target_shapes[target])))
             assignments[target] = (key, rule)
+        error.unmatched_rules = [
+            self.rule_at(rule) for rule in self.rules
+            if id(rule) not in matched and not any(rule.source == p or rule.source.startswith(p + ".")
+                                                   for p in may_be_absent)]
         for target, keys in claimed_by.items():
             if len(keys) > 1:
                 error.assigned_twice[target] = keys
@@ -365,14 +428,21 @@ class MappingSpec(_Renames):
             raise error
         return assignments
 
+    def accounts_for(self, key: str) -> bool:
+        """Whether a rule or a drop takes ``key`` (checkpoint layout): how well a checkpoint fits."""
+        renamed = self.rename_key(key)
+        return any(rule.source_regex.match(renamed) for rule in self.rules) \
+            or any(drop.regex.match(renamed) for drop in self.drops)
+
     def forward(self, state_dict: MappingABC[str, Any], target_shapes: MappingABC[str, tuple],
-                keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint"):
+                keep_unassigned: tuple[str, ...] = (), source_name: str = "checkpoint",
+                may_be_absent: tuple[str, ...] = ()):
         """Yield ``(target path, array in Keras layout)`` once the whole plan has been checked.
 
         A generator, so a caller can assign and release one tensor at a time.
         """
         shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
-        plan = self.plan(shapes, target_shapes, keep_unassigned, source_name)
+        plan = self.plan(shapes, target_shapes, keep_unassigned, source_name, may_be_absent)
         for target, (key, rule) in plan.items():
             yield target, get_transform(rule.transform).forward(np.asarray(state_dict[key]))
 
@@ -459,9 +529,11 @@ class RenameSpec(_Renames):
         data = read_yaml(path, "rename file")
         if not isinstance(data, dict) or not data.get("rename"):
             raise MappingFileError(path, 1, "a rename file is a YAML mapping with 'family' and a non-empty 'rename'")
+        if not isinstance(data["rename"], list):
+            raise MappingFileError(path, data.get("__line__"), "'rename' must be a list")
         unknown = set(data) - {"family", "source", "description", "rename", "__line__"}
         if unknown:
-            raise MappingFileError(path, data.get("__line__"), f"unknown top-level keys {sorted(unknown)}; "
+            raise MappingFileError(path, data.get("__line__"), f"unknown top-level keys {sorted(unknown, key=str)}; "
                                    "a rename file has family, source, description and rename")
         renames = [MappingSpec._rename(entry, path) for entry in data["rename"]]
         return cls(str(path), str(data.get("family", "")), str(data.get("source", "")), renames)

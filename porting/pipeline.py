@@ -2,7 +2,8 @@
 
 This process imports neither torch nor TensorFlow; it starts the workers, compares their
 outputs with numpy, and writes the artifact folder under a temporary name that is renamed
-into place only when everything in it is complete.
+into place only when everything in it is complete. A port locks its destination for its
+whole length, and removes only what it made (``porting/safety.py``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,18 @@ from porting.families.base import VariantSpec
 from porting.manifest import (
     METADATA_NAME,
     PortRecord,
+    is_port_folder,
     read_record,
     runtime_versions,
     verify_manifest,
     write_manifest,
     write_record,
+)
+from porting.safety import (
+    FolderLock,
+    describe_os_error,
+    make_scratch,
+    remove_stale_scratch,
 )
 
 TOOLKIT_VERSION = "0.1.0"
@@ -205,11 +213,36 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
     }
 
 
+def _check_destination(final: Path, force: bool) -> None:
+    """Refuse, before any work, a destination the port must not replace: any existing folder
+    without ``--force``, and with it anything that is not an artifact folder of a port."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    if not force:
+        raise PortError(f"{final} already exists; pass --force (FORCE=1) to replace it")
+    if final.is_symlink() or not is_port_folder(final):
+        raise PortError(f"{final} is not an artifact folder of a port (no manifest.json of vit-porting); "
+                        "--force replaces only those: move it away or choose another --out")
+
+
+def _prepare_root(root: Path) -> None:
+    """The artifacts root exists and is a writable folder, or the port stops naming it."""
+    if root.exists() and not root.is_dir():
+        raise PortError(f"{root}: the artifacts root (--out) is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PortError(f"{root}: cannot create the artifacts root (--out): {exc.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PortError(f"{root}: the artifacts root (--out) is not writable")
+
+
 def _replace_folder(tmp: Path, final: Path, force: bool) -> None:
+    """Rename ``tmp`` into place; a replaced port goes first to a unique hidden name beside it
+    (a kill between the two renames leaves it there, never deleted) and is then removed."""
     if final.exists():
-        if not force:
-            raise PortError(f"{final} already exists; pass --force (FORCE=1) to replace it")
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        _check_destination(final, force)
+        old = final.with_name(f"{tmp.parent.name}.previous")
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
@@ -317,6 +350,72 @@ def _run_references(spec: VariantSpec, weights: Path, inputs: Path, work: Path, 
     return references, devices
 
 
+def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Path) -> dict:
+    """The port's work in ``scratch`` (this process's: artifact/ and work/), ending with
+    artifact/ renamed into place as ``final``."""
+    log = options.log
+    tmp, work = scratch / "artifact", scratch / "work"
+    tmp.mkdir()
+    work.mkdir()
+    extra_backends = len([b for b in options.backends if b != "tensorflow"])
+    steps = _Steps(5 + (6 + extra_backends if options.exports else 0), log)
+    log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
+    inputs = work / "inputs.npz"
+    described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
+    job = {"spec": spec.to_dict()}
+    source = work / "source.safetensors"
+    src = steps.run("loading source weights (PyTorch)", lambda: run_worker(
+        "parity.run_torch", {**job, "job": "source", "weights": options.weights, "seed": options.seed,
+                             "mapping": options.mapping, "new_head": options.new_head, "out": str(source)},
+        work))
+    origin = src["origin"]
+    if origin.get("random_weights"):
+        log("      NOTE: random weights: this port proves the conversion, not accuracy")
+    exports = {"saved_model_out": str(tmp / "saved_model"), "keras_out": str(tmp / "model.keras")} \
+        if options.exports else {}
+    conv = steps.run("converting to Keras, running it" + (", writing SavedModel and model.keras"
+                                                          if options.exports else ""), lambda: run_worker(
+        "parity.run_keras", {**job, "job": "convert", "source": str(source), "inputs": str(inputs),
+                             "outputs": str(work / "keras_eager"), "mapping": options.mapping,
+                             "budget_mb": options.output_budget_mb,
+                             "source_name": origin["description"],
+                             "safetensors_out": str(tmp / "model.safetensors"), **exports}, work))
+    if conv.get("exports", {}).get("saved_model"):
+        sm = conv["exports"]["saved_model"]
+        log(f"      saved_model/ {sm['bytes'] / 1e6:.1f} MB = {sm['size_ratio']:.3f}x the weight bytes")
+    references, devices = _run_references(spec, source, inputs, work, steps, "", options.output_budget_mb)
+    steps.total += (2 if options.exports else 1) if devices["cuda"] else 0
+    roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
+        "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
+                             "candidate": str(tmp / "model.safetensors"), "hub_config_dir": str(tmp),
+                             "labels": src.get("labels")}, work))
+    runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager", conv)]
+    meta: dict = {}
+    if options.exports:
+        onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
+            "parity.run_torch", {**job, "job": "onnx", "candidate": str(tmp / "model.safetensors"),
+                                 "out": str(tmp), "labels": src.get("labels")}, work))
+        log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
+            + (" (external data)" if onnx["external_data"] else ""))
+        more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends,
+                                            options.output_budget_mb)
+        runs += more
+        meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
+                                                      if k not in ("ok", "peak_rss_mb", "seconds")}}
+    extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors", "mismatched",
+                                                      "not_compared", "not_compared_reasons") if k in roundtrip},
+             "devices": devices, "inputs_detail": described, "mapping": options.mapping,
+             "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos,
+                         "output_budget_mb": options.output_budget_mb},
+             **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
+    report = steps.run("comparing outputs", lambda: build_report(
+        spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
+        extra=extra))
+    shutil.rmtree(work)
+    write_record(tmp, PortRecord(spec, origin, src.get("labels")))
+    _finish(report, tmp, spec, origin, described, steps, roundtrip)
+    _replace_folder(tmp, final, options.force)
+    return report
 def _finish(report: dict, folder: Path, spec: VariantSpec, origin: dict, described: dict, steps: _Steps,
             roundtrip: dict | None) -> None:
     """The end both a port and a re-check share: the verdict (a round trip that was not
@@ -338,79 +437,25 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
     Writes model.safetensors, and with ``options.exports`` saved_model/, model.keras and
     model.onnx, each then loaded from disk by its own runtime process and compared with the
     PyTorch reference; then parity.json/.md, vit_porting.json and manifest.json. Raises PortError
-    (nothing written) when the weights or the mapping are refused.
+    (nothing written) when the weights or the mapping are refused, or the destination exists
+    (without ``force``), is not a port's folder, or is being ported by another process.
     """
     log = options.log
     final = options.out_root / spec.name
-    if final.exists() and not options.force:
-        raise PortError(f"{final} already exists; pass --force (FORCE=1) to replace it")
-    options.out_root.mkdir(parents=True, exist_ok=True)
-    tmp = options.out_root / f".{spec.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    work = tmp / "_work"
-    work.mkdir(parents=True)
-    extra_backends = len([b for b in options.backends if b != "tensorflow"])
-    steps = _Steps(5 + (6 + extra_backends if options.exports else 0), log)
-    log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
-    try:
-        inputs = work / "inputs.npz"
-        described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
-        job = {"spec": spec.to_dict()}
-        source = work / "source.safetensors"
-        src = steps.run("loading source weights (PyTorch)", lambda: run_worker(
-            "parity.run_torch", {**job, "job": "source", "weights": options.weights, "seed": options.seed,
-                                 "mapping": options.mapping, "new_head": options.new_head, "out": str(source)},
-            work))
-        origin = src["origin"]
-        if origin.get("random_weights"):
-            log("      NOTE: random weights: this port proves the conversion, not accuracy")
-        exports = {"saved_model_out": str(tmp / "saved_model"), "keras_out": str(tmp / "model.keras")} \
-            if options.exports else {}
-        conv = steps.run("converting to Keras, running it" + (", writing SavedModel and model.keras"
-                                                              if options.exports else ""), lambda: run_worker(
-            "parity.run_keras", {**job, "job": "convert", "source": str(source), "inputs": str(inputs),
-                                 "outputs": str(work / "keras_eager"), "mapping": options.mapping,
-                                 "budget_mb": options.output_budget_mb,
-                                 "source_name": origin["description"],
-                                 "safetensors_out": str(tmp / "model.safetensors"), **exports}, work))
-        if conv.get("exports", {}).get("saved_model"):
-            sm = conv["exports"]["saved_model"]
-            log(f"      saved_model/ {sm['bytes'] / 1e6:.1f} MB = {sm['size_ratio']:.3f}x the weight bytes")
-        references, devices = _run_references(spec, source, inputs, work, steps, "", options.output_budget_mb)
-        steps.total += (2 if options.exports else 1) if devices["cuda"] else 0
-        roundtrip = steps.run("checking the round trip (Keras -> safetensors -> PyTorch)", lambda: run_worker(
-            "parity.run_torch", {**job, "job": "roundtrip", "source": str(source), "mapping": options.mapping,
-                                 "candidate": str(tmp / "model.safetensors"), "hub_config_dir": str(tmp),
-                                 "labels": src.get("labels")}, work))
-        runs = [RuntimeRun("keras_eager", "cpu", work / "keras_eager", conv)]
-        meta: dict = {}
-        if options.exports:
-            onnx = steps.run("exporting model.onnx from model.safetensors (PyTorch, dynamo)", lambda: run_worker(
-                "parity.run_torch", {**job, "job": "onnx", "candidate": str(tmp / "model.safetensors"),
-                                     "out": str(tmp), "labels": src.get("labels")}, work))
-            log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
-                + (" (external data)" if onnx["external_data"] else ""))
-            more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends,
-                                                options.output_budget_mb)
-            runs += more
-            meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
-                                                          if k not in ("ok", "peak_rss_mb", "seconds")}}
-        extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors", "mismatched",
-                                                          "not_compared", "not_compared_reasons") if k in roundtrip},
-                 "devices": devices, "inputs_detail": described, "mapping": options.mapping,
-                 "options": {"batch": options.batch, "input_seed": options.input_seed, "photos": options.photos,
-                             "output_budget_mb": options.output_budget_mb},
-                 **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
-        report = steps.run("comparing outputs", lambda: build_report(
-            spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
-            extra=extra))
-        shutil.rmtree(work)
-        write_record(tmp, PortRecord(spec, origin, src.get("labels")))
-        _finish(report, tmp, spec, origin, described, steps, roundtrip)
-        _replace_folder(tmp, final, options.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _check_destination(final, options.force)  # before any work
+    _prepare_root(options.out_root)
+    with FolderLock(final, f"vit-port port {spec.name}"):
+        _check_destination(final, options.force)  # a port that held the lock may have just finished
+        for stale in remove_stale_scratch(options.out_root):
+            log(f"Removed {stale}: left by a port that was killed")
+        scratch = make_scratch(options.out_root, f"{spec.name}.tmp")
+        try:
+            report = _port_into(spec, options, scratch, final)
+        except OSError as exc:  # a full disk or a folder taken away: one line naming where
+            raise PortError(f"{describe_os_error(exc, scratch)} (writing the port of {spec.name} in "
+                            f"{options.out_root}); nothing was replaced") from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {final / 'parity.md'}")
     return report
 
@@ -424,9 +469,16 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
     folder = Path(out_root) / variant
     if not (folder / METADATA_NAME).exists():
         raise PortError(f"{folder} has no {METADATA_NAME}; port it first (vit-port port {variant})")
+    with FolderLock(folder, f"vit-port parity {variant}"):  # a port --force must not replace it meanwhile
+        return _recheck(folder, log, backends)
+
+
+def _recheck(folder: Path, log: Callable[[str], None], backends: tuple[str, ...]) -> dict:
+    variant = folder.name
     problems = [p for p in verify_manifest(folder) if not p.startswith(("parity.json", "parity.md"))]
     if problems:
-        raise PortError(f"{folder} does not match its manifest:\n  " + "\n  ".join(problems))
+        raise PortError(f"{folder} does not match its manifest ({len(problems)} problems):\n  "
+                        + "\n  ".join(problems))
     record = read_record(folder)
     spec, origin = record.spec, record.origin
     previous = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").exists() else {}
@@ -436,9 +488,8 @@ def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str
                if not (folder / n).exists()]
     if missing:
         raise PortError(f"{folder} lacks {', '.join(missing)}; port it again with exports")
-    work = Path(out_root) / f".{variant}.parity-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    remove_stale_scratch(folder.parent)
+    work = make_scratch(folder.parent, f"{variant}.parity")
     steps = _Steps(6 + len([b for b in backends if b != "tensorflow"]), log)
     log(f"Re-checking {folder} (no conversion: the artifacts on disk against PyTorch on model.safetensors)")
     try:

@@ -10,23 +10,23 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from porting.families import get_family
+from porting.families import families, get_family
 from porting.families.base import Perturbation, VariantSpec
 from porting.manifest import sha256_file
+from porting.safety import first_line
+from porting.tensor_io import CheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
+# torch's own lines around a weights-only refusal: its advice to retry with weights_only=False
+# would run the very code just refused
+_TORCH_REFUSAL_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 class PretrainedUnavailableError(CheckpointError):
@@ -57,7 +57,8 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     # Training checkpoints nest the weights ({'model': ...}, {'state_dict': ...}); take the
     # first level that is a flat dict of tensors.
     for _ in range(3):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in obj.items()):
             return obj
         if isinstance(obj, dict):
             inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
@@ -65,9 +66,18 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
                 obj = inner
                 continue
         break
+    found = f"top-level keys: {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
     raise CheckpointError(
         f"{path}: no state_dict found (expected a dict of tensors, possibly under one of "
-        f"{', '.join(WRAPPER_KEYS)}); top-level keys: {sorted(obj)[:10] if isinstance(obj, dict) else type(obj)}")
+        f"{', '.join(WRAPPER_KEYS)}); found {found}")
+
+
+def _refusal_detail(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only reader stopped at ("unsupported GLOBAL posix.system"), without
+    torch's advice around it."""
+    lines = (line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines())
+    return next((line for line in lines if line and not line.startswith(_TORCH_REFUSAL_BOILERPLATE)
+                 and "weights_only" not in line), "not a pickle of tensors")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -75,30 +85,34 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     safetensors is preferred (no code path at all); pickles go through
     ``torch.load(weights_only=True)``, whose restricted unpickler refuses ``__reduce__`` payloads.
+    Any failure is a one-line CheckpointError naming the file: the readers are parsers of
+    untrusted bytes, whose exception types are no contract.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); "
-                                  "it may be truncated or corrupt: download it again") from None
-    if path.suffix not in PICKLE_SUFFIXES:
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; "
                               f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); it may be truncated: download it again")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(exc)}); "
+                                  "it may be truncated or corrupt: download it again") from None
+        return _unwrap(state, path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused: the pickle holds objects other than tensors (possibly code), and "
-            f"it was not executed. Get a .safetensors version of this checkpoint, or re-save it "
-            f"from trusted code. Detail: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); "
+            f"{path}: refused: the pickle holds something other than tensors (possibly code) or is damaged, "
+            f"and it was not executed ({_refusal_detail(exc)}). Get a .safetensors version of this "
+            f"checkpoint, or re-save it from trusted code.") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)}); "
                               "it may be truncated or corrupt") from None
     return _unwrap(obj, path)
 
@@ -125,14 +139,14 @@ def open_checkpoint(path: str | Path) -> MappingABC[str, torch.Tensor]:
     tensor at a time (``porting/tensor_io.py``): for the toolkit's own 1.4 GB intermediates."""
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file():
-        from porting.tensor_io import SafetensorsReader, UnsupportedDtype
+        from porting.tensor_io import SafetensorsReader
 
         try:
             reader = SafetensorsReader(path)
             for key in reader:
                 reader.dtype(key)
             return _TorchSafetensors(reader)
-        except (UnsupportedDtype, ValueError, KeyError):
+        except CheckpointError:
             pass  # bfloat16 or a damaged file: load_checkpoint reads it or says what is wrong
     return load_checkpoint(path)
 
@@ -293,6 +307,61 @@ def to_canonical_layout(spec: VariantSpec, state: dict[str, torch.Tensor], origi
     return state
 
 
+def guess_family(shapes: MappingABC[str, tuple], exclude: str, image_size: int) -> dict | None:
+    """The registered family (other than ``exclude``) a checkpoint belongs to, when its mapping
+    (after the family's layout renames) takes most of the checkpoint's keys; else None.
+
+    Returns {"family", "name", "matched", "total", "mapping", "variant"}: ``variant`` is the
+    family's variant whose state_dict (built on the meta device) shares the most keys and shapes
+    with the checkpoint, the nearest image size breaking ties. The one place that walks the
+    registry of families to recognise a checkpoint.
+    """
+    best = None
+    for name, family in families().items():
+        if name == exclude:
+            continue
+        renames = [family.load_renames(layout) for layout in family.layouts
+                   if any(re.search(layout.detect, key) for key in shapes)]
+        mapping = family.load_mapping()
+        canonical = {}
+        for key, shape in shapes.items():
+            for rename in renames:
+                key = rename.rename_key(key)
+            canonical[key] = tuple(shape)
+        matched = sum(mapping.accounts_for(key) for key in canonical)
+        if best is None or matched > best["matched"]:
+            best = {"family": name, "name": family.title, "matched": matched, "total": len(shapes),
+                    "mapping": f"{family.package}/{family.mapping}",
+                    "keys": {mapping.rename_key(k): v for k, v in canonical.items()}}
+    if best is None or 2 * best["matched"] <= best["total"]:
+        return None
+    keys = best.pop("keys")
+    family = get_family(best["family"])
+    build = family.torch().build_reference
+
+    def fit(spec: VariantSpec) -> tuple[float, int]:
+        with torch.device("meta"):
+            reference = {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
+        same = sum(reference.get(k) == shape for k, shape in keys.items())
+        return same / len(set(reference) | set(keys)), -abs(spec.image_size - image_size)
+
+    best["variant"] = max(family.variants, key=fit).name
+    return best
+
+
+def refuse_other_family(spec: VariantSpec, state: MappingABC[str, torch.Tensor], mapping, origin: Origin) -> None:
+    """A checkpoint of another family fails on every key, which the mapping engine would list
+    by the dozen; when most of its keys fit another registered family, say that in one line."""
+    if not state or 2 * sum(mapping.accounts_for(key) for key in state) > len(state):
+        return
+    guess = guess_family({k: tuple(v.shape) for k, v in state.items()}, spec.family, spec.image_size)
+    if guess:
+        raise CheckpointError(
+            f"{origin.description}: this looks like a {guess['name']} checkpoint ({guess['matched']} of "
+            f"{guess['total']} keys match {guess['mapping']}), not {spec.name}; did you mean "
+            f"VARIANT={guess['variant']} (vit-port port {guess['variant']})?")
+
+
 def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
     """The state_dict of the Hugging Face repo ``spec.pretrained_tag`` (HF cache or hub),
     read without running code: model.safetensors, else pytorch_model.bin (weights_only)."""
@@ -307,7 +376,7 @@ def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], 
             path = hf_hub_download(repo, filename)
             break
         except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
-            failures.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            failures.append(f"{filename}: {type(exc).__name__}: {first_line(exc)}")
     else:
         raise _unavailable(f"{spec.name} (Hugging Face repo {repo})", repo, "; ".join(failures),
                            "the repo's model.safetensors / pytorch_model.bin, or a checkpoint of the original code")
@@ -338,7 +407,7 @@ def load_timm_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Or
     try:
         model = timm.create_model(spec.pretrained_tag, pretrained=True)
     except Exception as exc:  # noqa: BLE001 - any hub/cache failure ends the same way
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        detail = f"{type(exc).__name__}: {first_line(exc)}"
         raise _unavailable(f"{spec.name} ({spec.pretrained_tag}, Hugging Face repo {hub_id or '?'})", hub_id,
                            detail, "model.safetensors or .pth") from None
     origin = Origin("pretrained", f"timm {spec.pretrained_tag} (hf://{hub_id})")

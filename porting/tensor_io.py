@@ -20,12 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
+from porting.safety import first_line
+
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 
 
-class UnsupportedDtype(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do, on one line.
+
+    Defined here, free of torch, so that both sides of a port raise it (``porting.sources``
+    re-exports it for the PyTorch side)."""
+
+
+class UnsupportedDtype(CheckpointError):
     """A tensor numpy cannot hold (bfloat16, float8): read that file with safetensors instead."""
 
 
@@ -47,17 +56,50 @@ class LazyArray:
         return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
 
 
+def _corrupt(path: Path | str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a safetensors file, or a truncated or corrupt one ({what})")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_header(path: Path | str) -> tuple[dict, dict[str, str], int]:
-    """({name: {dtype, shape, data_offsets}}, metadata, offset of the data section)."""
+    """({name: {dtype, shape, data_offsets}}, metadata, offset of the data section).
+
+    Every entry is checked against the file before any tensor is read: a damaged or hostile
+    header must stop here (CheckpointError), not as a KeyError deep in a port or a huge
+    allocation."""
+    size = os.path.getsize(path)
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            raise _corrupt(path, "shorter than 8 bytes")
         (length,) = struct.unpack("<Q", prefix)
-        if length > os.path.getsize(path) - 8:
-            raise ValueError(f"{path}: not a safetensors file (header length {length} past the end)")
-        header = json.loads(handle.read(length))
+        if length > size - 8:
+            raise _corrupt(path, f"header length {length} past the end")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise _corrupt(path, f"header is not JSON: {first_line(exc)}") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _corrupt(path, "__metadata__ is not a table of strings")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and isinstance(entry.get("shape"), list) and all(_is_count(n) for n in entry["shape"])
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+                and all(_is_count(n) for n in entry["data_offsets"])):
+            raise _corrupt(path, f"tensor {name!r} has no valid dtype, shape and data_offsets")
+        begin, end = entry["data_offsets"]
+        if begin > end or end > data_size:
+            raise _corrupt(path, f"tensor {name!r} lies at bytes {begin}..{end} of a {data_size}-byte data section")
+        code = entry["dtype"]
+        if code in DTYPES and end - begin != math.prod(entry["shape"]) * np.dtype(DTYPES[code]).itemsize:
+            raise _corrupt(path, f"tensor {name!r} has {end - begin} bytes for shape {entry['shape']} {code}")
     return header, metadata, 8 + length
 
 
@@ -84,8 +126,8 @@ class SafetensorsReader(Mapping):
         dtype, shape = self.dtype(name), self.shape(name)
         begin, end = entry["data_offsets"]
         if end - begin != math.prod(shape) * dtype.itemsize or self._data_start + end > self._size:
-            raise ValueError(f"{self.path}: tensor {name} has {end - begin} bytes on disk for shape {list(shape)} "
-                             f"{entry['dtype']} (truncated or corrupt file)")
+            raise CheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes on disk for shape "
+                                  f"{list(shape)} {entry['dtype']} (truncated or corrupt file)")
         array = np.empty(shape, dtype=dtype)
         view = memoryview(array.reshape(-1)).cast("B")
         fd = os.open(self.path, os.O_RDONLY)
@@ -94,7 +136,7 @@ class SafetensorsReader(Mapping):
             while done < len(view):
                 n = os.preadv(fd, [view[done:]], self._data_start + begin + done)
                 if n <= 0:
-                    raise ValueError(f"{self.path}: tensor {name} ends early (truncated file)")
+                    raise CheckpointError(f"{self.path}: tensor {name} ends early (truncated or corrupt file)")
                 done += n
         finally:
             os.close(fd)

@@ -46,3 +46,12 @@ def run_keras_job(job: dict, work: Path) -> dict:
     from parity.worker import run_worker
 
     return run_worker("parity.run_keras", job, work)
+
+
+def error_line(stderr: str) -> str:
+    """A CLI's error: exactly one line, the last one, no traceback (progress lines may precede it)."""
+    lines = stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert errors == [len(lines) - 1], stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[-1]

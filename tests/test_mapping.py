@@ -121,7 +121,7 @@ def test_refused_plan_assigns_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("text, line, needle", [
-    ("family: toy\nrules:\n  - {from: a, to: b\n", 4, "YAML error"),
+    ("family: toy\nrules:\n  - {from: a, to: b\n", 3, "YAML error"),  # the unclosed line, not the end
     ("family: toy\nrules:\n  - {from: a, to: b, transform: lnear}\n", 3, "unknown transform 'lnear'"),
     ("family: toy\nrules:\n  - {from: 'a.{1x}', to: 'b_{1x}'}\n", 3, "bad placeholder"),
     ("family: toy\nrules:\n  - {from: 'a.{i}', to: 'b'}\n", 3, "placeholders differ"),

@@ -1,6 +1,7 @@
-"""Model card and publishing (issue 7): the card of a real port, every usage snippet run as
-written in a staged Hugging Face folder, the refusals of a push, staging contents, tokens
-kept out of every output, and the upload calls at the libraries' network boundary."""
+"""Model cards and publishing: the card of a real port, every usage snippet run as written in
+each staged form's folder, each form opened by its own ecosystem's loader, the refusals of a
+push, staging contents, tokens kept out of every output, and the upload calls at the libraries'
+network boundary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 import huggingface_hub
@@ -19,15 +22,18 @@ import pytest
 
 from porting.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
 from porting.families import get_variant
-from porting.manifest import read_manifest, sha256_file, verify_manifest, write_manifest
+from porting.layout import FORMATS
+from porting.manifest import PortRecord, read_manifest, read_record, sha256_file, verify_manifest, write_manifest
 from porting.pipeline import TOOLKIT_VERSION, PortOptions, port
 from porting.publish import PublishError, parse_target, publish, stage
+from porting.safety import STAGING_MARKER
 
 from conftest import ROOT
 
 SPEC = get_variant("cait_xxs24_224").with_config(depth=1)
 HF_TARGET = "hf://vit-porting-tests/cait-xxs24-depth1"
-KAGGLE_TARGET = "kaggle://vit-porting-tests/cait-xxs24/keras/depth1"
+KAGGLE_TARGET = "kaggle://vit-porting-tests/cait-xxs24"
+FORMS = ["keras", "onnx", "pytorch", "savedmodel"]
 FAKE_HF_TOKEN = "hf_FAKEtokenFORtests0123456789abcdefXYZ"
 FAKE_KAGGLE_KEY = "fakekagglekey0123456789abcdef4242"
 TOKEN_ENV = {"HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_USERNAME": "vit-porting-tests", "KAGGLE_KEY": FAKE_KAGGLE_KEY,
@@ -49,13 +55,16 @@ def tokens(monkeypatch):
 
 
 class Recorder:
-    """Stands in for the network boundary: records each call and what the folder held then."""
+    """Stands in for the network boundary: records each call and what the folder held then,
+    less what the call's ignore_patterns keep back (as both libraries do)."""
 
     def __init__(self):
         self.calls: list[tuple[str, dict]] = []
 
     def record(self, name: str, kwargs: dict, folder: str | None = None) -> None:
-        listing = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()) \
+        ignored = kwargs.get("ignore_patterns") or []
+        listing = sorted(rel for rel in (p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
+                                         if p.is_file()) if not any(fnmatch(rel, pat) for pat in ignored)) \
             if folder else None
         self.calls.append((name, {**kwargs, "_listing": listing}))
 
@@ -74,8 +83,8 @@ def fake_network(monkeypatch) -> Recorder:
 
     def model_upload(handle, local_model_dir, license_name=None, version_notes="", ignore_patterns=None, **kw):
         rec.record("model_upload", {"handle": handle, "local_model_dir": local_model_dir,
-                                    "license_name": license_name, "version_notes": version_notes, **kw},
-                   local_model_dir)
+                                    "license_name": license_name, "version_notes": version_notes,
+                                    "ignore_patterns": ignore_patterns, **kw}, local_model_dir)
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -132,32 +141,45 @@ def test_port_writes_a_card_the_manifest_covers(ported):
         assert row[6] == f"{r['top1_agreement']:.0%}"
     assert {"keras_eager", "keras_compiled", "keras_file", "savedmodel", "onnxruntime"} <= set(rows)
 
-    # a snippet per format, the timm one with this port's reduced depth
+    # a snippet per format; timm reads the folder's config.json (this port's reduced depth in it)
     blocks = python_blocks(body)
     joined = "\n".join(blocks)
     for needle in ("keras.saving.load_model(\"model.keras\"", "import porting.families.cait.model",
                    "tf.saved_model.load(", "keras.layers.TFSMLayer(", "ort.InferenceSession(\"model.onnx\"",
-                   "timm.create_model('cait_xxs24_224', pretrained=False, num_classes=1000, depth=1)",
-                   "load_file(\"model.safetensors\")"):
+                   "timm.create_model(\"local-dir:.\", pretrained=True)", "def preprocess(image"):
         assert needle in joined, needle
+    timm_config = json.loads((folder / "config.json").read_text())
+    assert timm_config["architecture"] == "cait_xxs24_224" and timm_config["model_args"] == {"depth": 1}
+    assert timm_config["label_names"][281] == "n02123045" and timm_config["pretrained_cfg"]["crop_pct"] == 1.0
 
 
 def test_card_of_a_trained_checkpoint_and_of_cvt(ported):
-    """Front matter for trained weights (datasets, base_model; no random line), and a CvT card
-    whose snippets at least compile."""
+    """Front matter for trained weights (datasets, base_model, model-index from an evaluation; no
+    random line), and a CvT card whose snippets at least compile."""
     folder, report = ported
-    config = json.loads((folder / "config.json").read_text())
+    record = read_record(folder)
     trained = {**report, "random_weights": False}
     origin = {"kind": "pretrained", "description": "timm cait_xxs24_224.fb_dist_in1k (hf://timm/x)",
               "random_weights": False}
-    meta, body = parse_card(render_card({**config, "origin": origin}, trained, {"toolkit": "9.9"}))
+    evaluation = {"runtimes": {"pytorch": {"top1": 0.8125, "top5": 0.9375}, "onnxruntime": {"top1": 0.8, "top5": 0.9}},
+                  "dataset": {"path": "/data/imagenet-val", "num_images": 16}}
+    pytorch = FORMATS["pytorch"]
+    meta, body = parse_card(render_card(PortRecord(record.spec, origin, record.labels), trained, {"toolkit": "9.9"},
+                                        fmt=pytorch, evaluation=evaluation))
     assert meta["datasets"] == ["imagenet-1k"] and meta["base_model"] == "timm/cait_xxs24_224.fb_dist_in1k"
-    assert "random-weights" not in meta["tags"] and "RANDOM" not in body
+    assert meta["library_name"] == "timm" and "random-weights" not in meta["tags"] and "RANDOM" not in body
+    (entry,) = meta["model-index"]
+    metrics = entry["results"][0]["metrics"]
+    assert entry["results"][0]["dataset"]["name"] == "imagenet-val"
+    assert [m["value"] for m in metrics] == [81.25, 93.75] and "pytorch" in metrics[0]["name"]
 
     cvt = get_variant("cvt-13-384-22k")
-    meta, body = parse_card(render_card({**cvt.to_dict(), "origin": origin}, trained, {"toolkit": "9.9"}))
+    meta, body = parse_card(render_card(PortRecord(cvt, origin), trained, {"toolkit": "9.9"}))
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["imagenet-21k", "imagenet-1k"]
-    assert meta["base_model"] == "microsoft/cvt-13-384-22k" and "transformers" in meta["tags"]
+    # transformers' loader would compute exact GELU on these checkpoints: not advertised
+    assert meta["base_model"] == "microsoft/cvt-13-384-22k" and "transformers" not in meta["tags"]
+    assert "library_name" not in parse_card(render_card(PortRecord(cvt, origin), trained, {"toolkit": "9.9"},
+                                                        fmt=pytorch))[0]
     blocks = python_blocks(body)
     assert any("CvtForImageClassification" in b and "QuickGELUActivation" in b for b in blocks)
     assert any("import porting.families.cvt.model" in b for b in blocks)
@@ -165,37 +187,158 @@ def test_card_of_a_trained_checkpoint_and_of_cvt(ported):
         compile(block, "<card>", "exec")
 
 
-def test_every_card_snippet_runs_in_the_staged_hf_folder(ported, tmp_path):
-    """The staged Hugging Face folder loads back offline in every format: each ```python block
-    of its card, run as written in its own process (some import torch, some TensorFlow); every
-    format prints the same predictions."""
-    folder, _ = ported
-    staged = stage(folder, HF_TARGET, tmp_path / "stage")
-    card = (staged.folder / CARD_NAME).read_text()
-    blocks = python_blocks(card)
-    assert blocks == python_blocks((folder / CARD_NAME).read_text())  # the port's card: same snippets
-    assert len(blocks) == 5  # preprocessing, Keras, SavedModel, ONNX Runtime, timm
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
-    procs = [subprocess.Popen([sys.executable, "-c", block], cwd=staged.folder, env=env, text=True,
+def _run_blocks(card: Path, env: dict) -> dict[str, list[list[int]]]:
+    """Each ```python block of ``card``, run as written in the card's folder, each in its own
+    process; the top-5 classes each printed, by the loader it used."""
+    blocks = python_blocks(card.read_text())
+    procs = [subprocess.Popen([sys.executable, "-c", block], cwd=card.parent, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for block in blocks]
     predictions: dict[str, list[list[int]]] = {}
     for block, proc in zip(blocks, procs, strict=True):
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"snippet failed:\n{block}\n--- stderr:\n{stderr[-3000:]}"
-        found = [json.loads(m) for m in re.findall(r"^top-5 classes: (\[.*\])$", stdout, re.M)]
-        if "from PIL import Image" in block:
+        if "def preprocess(" in block:
             assert "(1, 224, 224, 3) float32" in stdout
             continue
-        assert found, f"no prediction printed by:\n{block}\n{stdout}"
+        found = [json.loads(m) for m in re.findall(r"^top-5 classes: (\[.*\])$", stdout, re.M)]
+        assert found and "names: [" in stdout, f"no prediction printed by:\n{block}\n{stdout}"
         key = next(k for k in ("timm", "onnxruntime", "TFSMLayer", "load_model") if k in block)
         predictions[key] = found
-    assert set(predictions) == {"timm", "onnxruntime", "TFSMLayer", "load_model"}
-    assert len(predictions["TFSMLayer"]) == 2  # tf.saved_model.load and TFSMLayer
-    everything = [p for runs in predictions.values() for p in runs]
+    return predictions
+
+
+def test_every_card_snippet_runs_in_each_staged_form(ported, tmp_path):
+    """Each staged form (a repository of its own) loads back offline: every ```python block of
+    its card runs as written in its folder, and every form prints the same predictions as the
+    artifact folder's card does."""
+    folder, _ = ported
+    staged = stage(folder, HF_TARGET, tmp_path / "stage")
+    assert sorted(staged.forms) == FORMS
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    predictions = {"folder": _run_blocks(folder / CARD_NAME, env)}
+    assert set(predictions["folder"]) == {"timm", "onnxruntime", "TFSMLayer", "load_model"}
+    for key, form in staged.forms.items():
+        predictions[key] = _run_blocks(form.folder / CARD_NAME, env)
+    assert list(predictions["keras"]) == ["load_model"] and list(predictions["pytorch"]) == ["timm"]
+    assert list(predictions["onnx"]) == ["onnxruntime"] and len(predictions["savedmodel"]["TFSMLayer"]) == 2
+    everything = [p for card in predictions.values() for runs in card.values() for p in runs]
     assert all(len(p) == 5 for p in everything)
     assert len({p[0] for p in everything}) == 1, predictions  # same top-1 in every format
     assert all(len(set(p) & set(everything[0])) >= 4 for p in everything), predictions
+
+
+_OUTSIDE_THE_TOOLKIT = '''
+import importlib.abc, json, sys
+import numpy as np
+
+
+class NoToolkit(importlib.abc.MetaPathFinder):
+    """The porting stack stays out; a Keras user's `pip install vit-porting` (the family's Keras
+    layers, which import Keras alone) is let in where the form needs it."""
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        allowed = ALLOW_KERAS_LAYERS and (name in ("porting", "porting.layers", "porting.families",
+                                                   "porting.families.base")
+                                          or name.startswith("porting.families.") and name.count(".") <= 3
+                                          and not name.endswith(".reference"))
+        if top == "parity" or (top == "porting" and not allowed):
+            raise ImportError(f"the toolkit was imported: {name}")
+
+
+sys.meta_path.insert(0, NoToolkit())
+images = np.load(IMAGES)
+'''
+
+_LOADERS = {
+    # form: (code computing `logits` from `images` in the staged form's folder, whether Keras layers are needed)
+    "keras": ("""
+import keras
+import porting.families.{family}.model
+logits = keras.ops.convert_to_numpy(keras.saving.load_model(FOLDER, compile=False)(images)["logits"])
+""", True),
+    "savedmodel": ("""
+import tensorflow as tf
+serve = tf.saved_model.load(FOLDER + "/saved_model").signatures["serving_default"]
+logits = serve(images=tf.constant(images))["logits"].numpy()
+""", False),
+    "onnx": ("""
+import onnxruntime as ort
+session = ort.InferenceSession(FOLDER + "/model.onnx", providers=["CPUExecutionProvider"])
+logits = session.run(None, {{"images": images}})[0]
+""", False),
+    "pytorch": ("""
+import timm, torch
+model = timm.create_model("local-dir:" + FOLDER, pretrained=True).eval()
+with torch.no_grad():
+    logits = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+""", False),
+}
+
+
+def _reference_logits(folder: Path, images: np.ndarray, work: Path) -> np.ndarray:
+    """The port's PyTorch fp32 reference on ``images``, from the folder's model.safetensors."""
+    from parity.outputs import read_outputs
+    from parity.worker import run_worker
+
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "inputs.npz", images=images)
+    run_worker("parity.run_torch", {"job": "reference", "spec": read_record(folder).spec.to_dict(),
+                                    "source": str(folder / "model.safetensors"), "inputs": str(work / "inputs.npz"),
+                                    "out": str(work / "reference")}, work)
+    return np.asarray(read_outputs(work / "reference")["logits"])
+
+
+@pytest.fixture(scope="module")
+def cvt_ported(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cvt") / "artifacts"
+    spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
+    report = port(spec, PortOptions(weights="random", out_root=root, photos=False, log=lambda m: None))
+    assert report["passed"]
+    return root / spec.name
+
+
+def test_each_staged_form_opens_with_its_ecosystems_loader(ported, cvt_ported, tmp_path):
+    """What publish stages for a CaiT and a CvT port, each form opened by its ecosystem's own
+    loader in a process that cannot import the toolkit (Keras: only the family's Keras layers,
+    what `pip install vit-porting` gives), agrees with the port's PyTorch reference within the
+    parity tolerance. CvT's PyTorch form has no config.json: transformers' from_pretrained
+    would compute exact GELU instead of the checkpoints' QuickGELU, so it must fail loudly."""
+    from parity.compare import load_policy
+
+    tolerance = load_policy()["cpu"]["logits"]["max_normalized_diff"]
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    for folder in (ported[0], cvt_ported):
+        spec = read_record(folder).spec
+        staged = stage(folder, "hf://vit-porting-tests/" + spec.name.replace("_", "-"), tmp_path / spec.name)
+        images = np.random.default_rng(3).standard_normal((2, spec.image_size, spec.image_size, 3)).astype(np.float32)
+        np.save(tmp_path / f"{spec.name}.npy", images)
+        reference = _reference_logits(folder, images, tmp_path / f"{spec.name}-work")
+        expected = set(FORMS) - ({"pytorch"} if spec.family == "cvt" else set())
+        for key, (code, keras_layers) in _LOADERS.items():
+            if key not in expected:
+                continue
+            script = (f"IMAGES = {str(tmp_path / f'{spec.name}.npy')!r}\nFOLDER = {str(staged.forms[key].folder)!r}\n"
+                      f"ALLOW_KERAS_LAYERS = {keras_layers}\n" + _OUTSIDE_THE_TOOLKIT
+                      + code.format(family=spec.family) + "\nnp.save(IMAGES + '.out.npy', logits)\n"
+                      + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('porting', 'parity'))))")
+            proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert proc.returncode == 0, (spec.name, key, proc.stderr[-3000:])
+            toolkit = json.loads(proc.stdout.splitlines()[-1])
+            assert not any(m.startswith(("parity", "porting.pipeline", "porting.sources")) for m in toolkit), toolkit
+            logits = np.load(tmp_path / f"{spec.name}.npy.out.npy")
+            diff = float(np.abs(logits - reference).max() / np.abs(reference).max())
+            assert diff <= tolerance, (spec.name, key, diff)
+    cvt_pytorch = tmp_path / "cvt-13-224" / "pytorch"
+    assert sorted(p.name for p in cvt_pytorch.iterdir()) == [
+        "README.md", "manifest.json", "model.safetensors", "parity.json", "parity.md", "vit_porting.json"]
+    proc = subprocess.run([sys.executable, "-c", "from transformers import CvtForImageClassification as C; "
+                           f"C.from_pretrained({str(cvt_pytorch)!r})"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "config.json" in proc.stderr
 
 
 # --- staging -----------------------------------------------------------------------------------
@@ -203,43 +346,61 @@ def test_every_card_snippet_runs_in_the_staged_hf_folder(ported, tmp_path):
 def test_dry_run_stages_exactly_the_upload_and_leaks_no_token(ported, tmp_path):
     folder, _ = ported
     before = read_manifest(folder)
-    for target in (HF_TARGET, KAGGLE_TARGET):
+    for target, places in ((HF_TARGET, {"keras": "hf://vit-porting-tests/cait-xxs24-depth1",
+                                        "onnx": "hf://vit-porting-tests/cait-xxs24-depth1-onnx"}),
+                           (KAGGLE_TARGET, {"keras": "kaggle://vit-porting-tests/cait-xxs24/keras/cait-xxs24-224",
+                                            "savedmodel": "kaggle://vit-porting-tests/cait-xxs24/tensorFlow2/"
+                                                          "cait-xxs24-224"})):
         stage_dir = tmp_path / parse_target(target).slug
         result = _cli(str(folder), "--target", target, "--stage-dir", str(stage_dir), env=TOKEN_ENV)
         assert result.returncode == 0, result.stderr
         output = result.stdout + result.stderr
-        staged = {p.relative_to(stage_dir).as_posix(): p for p in stage_dir.rglob("*") if p.is_file()}
-        # exactly the port's files (byte for byte), the card rendered for the target, the manifest
-        assert set(staged) == set(before["files"]) | {"manifest.json"}
-        for rel, entry in before["files"].items():
-            if rel != CARD_NAME:
-                assert sha256_file(staged[rel]) == entry["sha256"], rel
-        assert verify_manifest(stage_dir) == []
-        assert read_manifest(stage_dir)["published"]["target"] == target
-        # the listing names every staged file with its size; dry run says nothing was sent
-        for rel, path in staged.items():
-            assert re.search(rf"^\s+{path.stat().st_size:,d}\s+{re.escape(rel)}$", output, re.M), rel
-        assert "PUSH=1 would be refused" in output and "random" in output
-        card = staged[CARD_NAME].read_text()
-        assert parse_card(card)[1].lstrip("\n").splitlines()[0] == RANDOM_LINE
-        handle = target.split("://", 1)[1]
-        assert (f"hf download {handle}" if target.startswith("hf") else f'kagglehub.model_download("{handle}")') \
-            in card
-        # no token anywhere: output, staged files
-        for secret in (FAKE_HF_TOKEN, FAKE_KAGGLE_KEY):
-            assert secret not in output
-            for path in staged.values():
-                assert secret.encode() not in path.read_bytes(), path
+        assert (stage_dir / STAGING_MARKER).is_file()  # publish's proof it made the folder, never uploaded
+        assert sorted(p.name for p in stage_dir.iterdir() if p.is_dir()) == FORMS
+        common = {CARD_NAME, "manifest.json", "vit_porting.json", "parity.json", "parity.md"}
+        wanted = {"keras": {"config.json", "metadata.json", "model.weights.h5"},
+                  "savedmodel": {f for f in before["files"] if f.startswith("saved_model/")},
+                  "onnx": {"model.onnx", "model_attention.onnx"}, "pytorch": {"model.safetensors", "config.json"}}
+        for key in FORMS:
+            form = stage_dir / key
+            staged = {p.relative_to(form).as_posix(): p for p in form.rglob("*") if p.is_file()}
+            assert set(staged) == common | wanted[key], key
+            # the port's files byte for byte (model.keras unpacked), the card rendered for the form
+            for rel in staged.keys() & before["files"].keys() - {CARD_NAME, "config.json"}:
+                assert sha256_file(staged[rel]) == before["files"][rel]["sha256"], rel
+            assert verify_manifest(form) == []
+            # the listing names every staged file with its size
+            for rel, path in staged.items():
+                assert re.search(rf"^\s+{path.stat().st_size:,d}\s+{re.escape(key + '/' + rel)}$", output, re.M), rel
+            card = staged[CARD_NAME].read_text()
+            assert parse_card(card)[1].lstrip("\n").splitlines()[0] == RANDOM_LINE
+            # no token anywhere: output, staged files
+            for secret in (FAKE_HF_TOKEN, FAKE_KAGGLE_KEY):
+                assert secret not in output
+                for path in staged.values():
+                    assert secret.encode() not in path.read_bytes(), path
+        for key, place in places.items():
+            assert read_manifest(stage_dir / key)["published"]["target"] == place and f"-> {place}" in output
+            handle = place.split("://", 1)[1]
+            card = (stage_dir / key / CARD_NAME).read_text()
+            assert (f"hf download {handle}" if target.startswith("hf") else f'kagglehub.model_download("{handle}")') \
+                in card
+        assert "--push would be refused" in output and "random" in output
+    with zipfile.ZipFile(folder / "model.keras") as archive:  # the Keras form is model.keras, unpacked
+        assert (tmp_path / parse_target(HF_TARGET).slug / "keras" / "model.weights.h5").read_bytes() == archive.read(
+            "model.weights.h5")
     assert verify_manifest(folder) == [] and read_manifest(folder) == before  # the port is untouched
 
 
 def test_default_staging_folder_and_targets(ported, tmp_path):
     folder = _copy(ported[0], tmp_path)
     staged = stage(folder, KAGGLE_TARGET)
-    assert staged.folder == tmp_path / "artifacts" / ".staging" / "kaggle-vit-porting-tests--cait-xxs24--keras--depth1"
+    assert staged.folder == tmp_path / "artifacts" / ".staging" / "kaggle-vit-porting-tests--cait-xxs24"
     assert staged.random_weights and any("random" in r for r in staged.refusals)
     assert parse_target("hf://owner/name").id == "owner/name"
-    for bad in ("owner/name", "hf://owner", "hf://a/b/c", "kaggle://a/b/c", "kaggle://a/b/c/d/1", "s3://a/b"):
+    named = parse_target("kaggle://owner/model/v2")
+    assert named.place(FORMATS["onnx"], "cait_xxs24_224") == "owner/model/onnx/v2"
+    for bad in ("owner/name", "hf://owner", "hf://a/b/c", "kaggle://a", "kaggle://a/b/c/d", "s3://a/b"):
         with pytest.raises(PublishError):
             parse_target(bad)
 
@@ -301,20 +462,25 @@ def test_push_to_hugging_face_calls_create_repo_and_upload_folder(ported, tmp_pa
     lines: list[str] = []
     staged = publish(ported[0], HF_TARGET, push=True, allow_random=True, stage_dir=tmp_path / "s",
                      private=True, log=lines.append)
-    (name1, create), (name2, upload) = fake_network.calls
-    assert name1 == "create_repo" and create["repo_id"] == "vit-porting-tests/cait-xxs24-depth1"
-    assert create["repo_type"] == "model" and create["exist_ok"] is True and create["private"] is True
-    assert name2 == "upload_folder" and upload["repo_id"] == create["repo_id"] and upload["repo_type"] == "model"
-    assert Path(upload["folder_path"]) == staged.folder == tmp_path / "s"
-    assert upload["_listing"] == sorted(staged.files)  # exactly what the dry run listed
-    assert "cait_xxs24_224" in upload["commit_message"]
-    for _, kwargs in fake_network.calls:
-        assert "token" not in kwargs  # the library finds it itself
-    meta, body = parse_card((staged.folder / CARD_NAME).read_text())
-    assert body.lstrip("\n").splitlines()[0] == RANDOM_LINE and meta["pipeline_tag"] == "image-classification"
-    assert verify_manifest(staged.folder) == []
+    repo = "vit-porting-tests/cait-xxs24-depth1"
+    repos = {"keras": repo, "savedmodel": f"{repo}-savedmodel", "onnx": f"{repo}-onnx", "pytorch": f"{repo}-pytorch"}
+    assert len(fake_network.calls) == 2 * len(repos)
+    for (name1, create), (name2, upload), (key, form) in zip(fake_network.calls[::2], fake_network.calls[1::2],
+                                                             staged.forms.items(), strict=True):
+        assert name1 == "create_repo" and create["repo_id"] == repos[key]
+        assert create["repo_type"] == "model" and create["exist_ok"] is True and create["private"] is True
+        assert name2 == "upload_folder" and upload["repo_id"] == repos[key] and upload["repo_type"] == "model"
+        assert Path(upload["folder_path"]) == form.folder == tmp_path / "s" / key
+        assert upload["_listing"] == sorted(form.files)  # exactly what the dry run listed
+        assert "cait_xxs24_224" in upload["commit_message"] and "token" not in upload and "token" not in create
+        meta, body = parse_card((form.folder / CARD_NAME).read_text())
+        assert body.lstrip("\n").splitlines()[0] == RANDOM_LINE and meta["pipeline_tag"] == "image-classification"
+        assert all(f"https://huggingface.co/{r}" in body for r in repos.values())  # each card links every form
+        assert verify_manifest(form.folder) == []
+    assert parse_card((tmp_path / "s" / "keras" / CARD_NAME).read_text())[0]["library_name"] == "keras"
+    assert parse_card((tmp_path / "s" / "pytorch" / CARD_NAME).read_text())[0]["library_name"] == "timm"
     log = "\n".join(lines)
-    assert "Uploaded: https://huggingface.co/vit-porting-tests/cait-xxs24-depth1" in log
+    assert all(f"Uploaded: https://huggingface.co/{r}" in log for r in repos.values())
     assert FAKE_HF_TOKEN not in log and FAKE_KAGGLE_KEY not in log
 
 
@@ -322,14 +488,15 @@ def test_push_to_kaggle_calls_model_upload(ported, tmp_path, tokens, fake_networ
     lines: list[str] = []
     staged = publish(ported[0], KAGGLE_TARGET, push=True, allow_random=True, stage_dir=tmp_path / "k",
                      log=lines.append)
-    ((name, call),) = fake_network.calls
-    assert name == "model_upload" and call["handle"] == "vit-porting-tests/cait-xxs24/keras/depth1"
-    assert Path(call["local_model_dir"]) == staged.folder and call["license_name"] == "Apache 2.0"
-    assert call["_listing"] == sorted(staged.files) and "token" not in call
-    assert "kagglehub.model_download(\"vit-porting-tests/cait-xxs24/keras/depth1\")" in (
-        staged.folder / CARD_NAME).read_text()
+    frameworks = {"keras": "keras", "savedmodel": "tensorFlow2", "onnx": "onnx", "pytorch": "pyTorch"}
+    assert [name for name, _ in fake_network.calls] == ["model_upload"] * 4
+    for (_, call), (key, form) in zip(fake_network.calls, staged.forms.items(), strict=True):
+        handle = f"vit-porting-tests/cait-xxs24/{frameworks[key]}/cait-xxs24-224"
+        assert call["handle"] == handle and Path(call["local_model_dir"]) == form.folder
+        assert call["license_name"] == "Apache 2.0" and call["_listing"] == sorted(form.files) and "token" not in call
+        assert f"kagglehub.model_download(\"{handle}\")" in (form.folder / CARD_NAME).read_text()
     log = "\n".join(lines)
-    assert "Uploaded: https://www.kaggle.com/models/vit-porting-tests/cait-xxs24" in log
+    assert "Uploaded: https://www.kaggle.com/models/vit-porting-tests/cait-xxs24 (onnx)" in log
     assert FAKE_KAGGLE_KEY not in log and FAKE_HF_TOKEN not in log
 
 

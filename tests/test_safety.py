@@ -15,7 +15,8 @@ from safetensors.numpy import load_file, save_file
 
 from porting import pipeline
 from porting.families import get_variant
-from porting.pipeline import PortOptions, port
+from porting.manifest import verify_manifest, write_manifest
+from porting.pipeline import PortError, PortOptions, port
 
 from conftest import ROOT, run_torch_job
 
@@ -49,16 +50,19 @@ def small_weights(tmp_path_factory) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def previous(tmp_path) -> Path:
-    """A previous good artifact folder that a failed port must leave exactly as it was."""
+    """A previous good artifact folder (a port's manifest: what --force may replace) that a
+    failed port must leave exactly as it was."""
     folder = tmp_path / "out" / "cait_xxs24_224"
     folder.mkdir(parents=True)
     (folder / "previous.txt").write_text("good port")
+    write_manifest(folder, "cait_xxs24_224", "cait", {"kind": "random"}, True, pipeline.TOOLKIT_VERSION)
     return folder
 
 
 def _assert_untouched(previous: Path) -> None:
-    assert sorted(p.name for p in previous.iterdir()) == ["previous.txt"]
-    assert sorted(p.name for p in previous.parent.iterdir()) == ["cait_xxs24_224"]  # no temp folders
+    assert sorted(p.name for p in previous.iterdir()) == ["manifest.json", "previous.txt"]
+    assert verify_manifest(previous) == []
+    assert sorted(p.name for p in previous.parent.iterdir()) == ["cait_xxs24_224"]  # no temp folders, no lock
 
 
 def _write_evil_pickles(tmp_path: Path) -> tuple[list[Path], Path]:
@@ -184,9 +188,10 @@ def test_failing_writer_leaves_previous_folder(tmp_path, previous, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pipeline, "write_reports", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(PortError, match="No space left on device") as info:
         port(SPEC, PortOptions(weights="random", out_root=previous.parent, force=True, exports=False,
                                log=lambda _m: None))
+    assert str(previous.parent) in str(info.value) and "\n" not in str(info.value)
     _assert_untouched(previous)
 
 
