@@ -130,13 +130,14 @@ def job_roundtrip(job: dict) -> dict:
 def job_state_shapes(job: dict) -> dict:
     """Key -> shape of each reference model's state_dict, built on the meta device (no memory),
     so mapping coverage of the largest variants can be checked without their weights."""
-    shapes = {}
+    shapes, parameters = {}, {}
     for spec_dict in job["specs"]:
         spec = VariantSpec.from_dict(spec_dict)
         with torch.device("meta"):
             model = get_family(spec.family).torch().build_reference(spec)
         shapes[spec.name] = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return {"shapes": shapes}
+        parameters[spec.name] = sum(p.numel() for p in model.parameters())
+    return {"shapes": shapes, "parameters": parameters}
 
 
 def onnx_metadata(spec: VariantSpec, labels: dict | None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Command line: ``vit-port port|parity|verify|publish|eval|attention|list`` (also ``python -m porting.cli``).
+"""Port vision transformers from PyTorch to Keras 3, TF SavedModel, ONNX and safetensors, checked for parity.
 
 The CLI process resolves names and orchestrates; frameworks load only in worker processes.
 """
@@ -6,16 +6,17 @@ The CLI process resolves names and orchestrates; frameworks load only in worker 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from parity.outputs import DEFAULT_BUDGET_MB
-from parity.worker import WorkerError
+from parity.worker import WorkerError, run_worker
 from porting.families import FamilyError, UnknownVariantError, add_family, all_variants, get_family, get_variant
 from porting.mapping import MappingFileError
-from porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, parse_backends, port, recheck
+from porting.pipeline import DEFAULT_ARTIFACTS, TOOLKIT_VERSION, PortError, PortOptions, parse_backends, port, recheck
 from porting.publish import PublishError
 from porting.safety import FolderBusyError, describe_os_error
 
@@ -68,8 +69,7 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    get_variant(args.variant)  # a misspelt name gets the usual suggestions
-    report = recheck(args.variant, Path(args.out), backends=parse_backends(args.backends))
+    report = recheck(_artifact_folder(args.folder, args.out), backends=parse_backends(args.backends))
     _print_summary(report)
     return 0 if report["passed"] else 1
 
@@ -106,7 +106,7 @@ def _artifact_folder(name: str, out: str) -> Path:
         folder = Path(out) / name
     if not folder.is_dir():
         get_variant(name)  # a misspelt variant name gets the usual suggestions
-        raise PortError(f"{folder}: no artifact folder; run `make port VARIANT={name}` first")
+        raise PortError(f"{folder}: no artifact folder; run `vit-port port {name}` first")
     return folder
 
 
@@ -148,11 +148,35 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cached(spec) -> bool:
+    """Whether the published weights are in the local Hugging Face cache (WEIGHTS=pretrained works offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = get_family(spec.family).hub_repo(spec)
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name), str)
+                              for name in ("model.safetensors", "pytorch_model.bin"))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    for name, spec in sorted(all_variants().items()):
-        c = spec.config
-        print(f"{name:20s} {get_family(spec.family).title:6s} {c.image_size}px  "
-              f"{getattr(c, 'embed_dim', '')} dim  depth {getattr(c, 'depth', '')}")
+    """Every variant: family, input size, parameters (counted on the reference built on the meta
+    device, in one worker process), the published weights' tag and whether they are cached."""
+    import tempfile
+
+    variants = dict(sorted(all_variants().items()))
+    if args.family_name:
+        variants = {k: v for k, v in variants.items() if v.family == args.family_name}
+    with tempfile.TemporaryDirectory() as work:
+        specs = [s.to_dict() for s in variants.values()]
+        counts = run_worker("parity.run_torch", {"job": "state_shapes", "specs": specs}, Path(work))["parameters"]
+    rows = [{"variant": name, "family": spec.family, "input": spec.image_size, "parameters": counts[name],
+             "weights": spec.pretrained_tag or "", "cached": _cached(spec)} for name, spec in variants.items()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'variant':24s} {'family':8s} {'input':>5s} {'params':>8s}  {'cached':6s} weights (--weights pretrained)")
+    for row in rows:
+        print(f"{row['variant']:24s} {get_family(row['family']).title:8s} {row['input']:>5d} "
+              f"{row['parameters'] / 1e6:>7.1f}M  {'yes' if row['cached'] else 'no':6s} {row['weights']}")
     return 0
 
 
@@ -174,6 +198,7 @@ def _print_summary(report: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vit-port", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vit-port {TOOLKIT_VERSION}")
     # every command takes --family, so a plug-in family works with each of them
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--family", action="append", default=[], metavar="MODULE:OBJECT",
@@ -186,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variant")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (timm, HF hub or its cache), 'random', or a .safetensors/.pth path")
-    p.add_argument("--seed", type=_COUNT, default=0, help="seed of WEIGHTS=random (default 0)")
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of --weights random (default 0)")
     p.add_argument("--num-classes", type=_COUNT, default=None,
                    help="classifier size; 0 for a feature extractor (default: the checkpoint's)")
     p.add_argument("--batch", type=_POSITIVE, default=2, help="parity batch size (default 2)")
@@ -204,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("parity", parents=[common],
                        help="re-check an existing artifact folder (no conversion) and rewrite its reports")
-    p.add_argument("variant")
+    p.add_argument("folder", help="a variant name (looked up under --out) or an artifact folder path")
     p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
     p.add_argument("--backends", default="tensorflow",
                    help="Keras backends to run model.keras on, comma-separated: tensorflow,torch,jax")
@@ -259,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("list", parents=[common],
-                       help="list known variants")
+                       help="list the variants: family, input size, parameters, published weights and cache")
+    p.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    p.add_argument("--only", dest="family_name", default=None, metavar="FAMILY", help="one family's variants")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,10 @@ from porting.safety import (
     remove_stale_scratch,
 )
 
-TOOLKIT_VERSION = "0.1.0"
+try:  # one version, the package's: pyproject.toml
+    TOOLKIT_VERSION = metadata.version("vit-porting")
+except metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
+    TOOLKIT_VERSION = "0+unknown"
 DEFAULT_ARTIFACTS = Path("artifacts")
 
 
@@ -219,7 +223,7 @@ def _check_destination(final: Path, force: bool) -> None:
     if not (final.exists() or final.is_symlink()):
         return
     if not force:
-        raise PortError(f"{final} already exists; pass --force (FORCE=1) to replace it")
+        raise PortError(f"{final} already exists; pass --force to replace it")
     if final.is_symlink() or not is_port_folder(final):
         raise PortError(f"{final} is not an artifact folder of a port (no manifest.json of vit-porting); "
                         "--force replaces only those: move it away or choose another --out")
@@ -358,7 +362,9 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
     tmp.mkdir()
     work.mkdir()
     extra_backends = len([b for b in options.backends if b != "tensorflow"])
-    steps = _Steps(5 + (6 + extra_backends if options.exports else 0), log)
+    # source, convert, reference, round trip, compare; with exports ONNX, keras_compiled, keras_file,
+    # savedmodel, onnxruntime
+    steps = _Steps(5 + (5 + extra_backends if options.exports else 0), log)
     log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
     inputs = work / "inputs.npz"
     described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
@@ -440,7 +446,7 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
     (nothing written) when the weights or the mapping are refused, or the destination exists
     (without ``force``), is not a port's folder, or is being ported by another process.
     """
-    log = options.log
+    log, start = options.log, time.perf_counter()
     final = options.out_root / spec.name
     _check_destination(final, options.force)  # before any work
     _prepare_root(options.out_root)
@@ -456,21 +462,30 @@ def port(spec: VariantSpec, options: PortOptions) -> dict:
                             f"{options.out_root}); nothing was replaced") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {final / 'parity.md'}")
+    _log_verdict(log, report, final, start)
     return report
 
 
-def recheck(variant: str, out_root: Path = DEFAULT_ARTIFACTS, log: Callable[[str], None] | None = None,
+def _log_verdict(log: Callable[[str], None], report: dict, folder: Path, start: float) -> None:
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)
+    took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    log(f"Parity {'PASSED' if report['passed'] else 'FAILED'} in {took}: {folder / 'parity.md'}")
+
+
+def recheck(folder: Path | str, log: Callable[[str], None] | None = None,
             backends: tuple[str, ...] = ("tensorflow",)) -> dict:
     """Re-run parity on an existing artifact folder without converting anything: the PyTorch
     reference loads its model.safetensors, every other runtime its artifact on disk. Rewrites
     parity.json/.md and the manifest (verdict and checksums); returns the report."""
     log = log or PortOptions().log
-    folder = Path(out_root) / variant
+    folder = Path(folder)
+    start = time.perf_counter()
     if not (folder / METADATA_NAME).exists():
-        raise PortError(f"{folder} has no {METADATA_NAME}; port it first (vit-port port {variant})")
-    with FolderLock(folder, f"vit-port parity {variant}"):  # a port --force must not replace it meanwhile
-        return _recheck(folder, log, backends)
+        raise PortError(f"{folder} has no {METADATA_NAME}; port it first (vit-port port <variant>)")
+    with FolderLock(folder, f"vit-port parity {folder.name}"):  # a port --force must not replace it meanwhile
+        report = _recheck(folder, log, backends)
+    _log_verdict(log, report, folder, start)
+    return report
 
 
 def _recheck(folder: Path, log: Callable[[str], None], backends: tuple[str, ...]) -> dict:
@@ -510,5 +525,4 @@ def _recheck(folder: Path, log: Callable[[str], None], backends: tuple[str, ...]
         _finish(report, folder, spec, origin, described, steps, previous.get("roundtrip"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"Parity {'PASSED' if report['passed'] else 'FAILED'}: {folder / 'parity.md'}")
     return report

@@ -221,7 +221,7 @@ def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str
         raise CheckpointError(
             f"{origin.description}: {classifier}.weight has shape {tuple(weight.shape)}, i.e. "
             f"{weight.shape[0]} classes, but the variant has {num_classes}. Pass --num-classes "
-            f"{weight.shape[0]} (NUM_CLASSES=) to port this head, or --num-classes N to replace it with a "
+            f"{weight.shape[0]} to port this head, or --num-classes N to replace it with a "
             f"new N-class head for fine-tuning (0 for a feature extractor).")
     state = {k: v for k, v in state.items() if k not in head_keys}
     if num_classes > 0:
@@ -331,7 +331,7 @@ def guess_family(shapes: MappingABC[str, tuple], exclude: str, image_size: int) 
         matched = sum(mapping.accounts_for(key) for key in canonical)
         if best is None or matched > best["matched"]:
             best = {"family": name, "name": family.title, "matched": matched, "total": len(shapes),
-                    "mapping": f"{family.package}/{family.mapping}",
+                    "mapping": family.mapping,
                     "keys": {mapping.rename_key(k): v for k, v in canonical.items()}}
     if best is None or 2 * best["matched"] <= best["total"]:
         return None
@@ -359,7 +359,7 @@ def refuse_other_family(spec: VariantSpec, state: MappingABC[str, torch.Tensor],
         raise CheckpointError(
             f"{origin.description}: this looks like a {guess['name']} checkpoint ({guess['matched']} of "
             f"{guess['total']} keys match {guess['mapping']}), not {spec.name}; did you mean "
-            f"VARIANT={guess['variant']} (vit-port port {guess['variant']})?")
+            f"{guess['variant']} (vit-port port {guess['variant']})?")
 
 
 def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
@@ -367,7 +367,7 @@ def load_hf_hub_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], 
     read without running code: model.safetensors, else pytorch_model.bin (weights_only)."""
     if not spec.pretrained_tag:
         raise PretrainedUnavailableError(f"{spec.name} has no published pretrained weights; "
-                                         "pass WEIGHTS=/path/to/checkpoint or WEIGHTS=random")
+                                         "pass --weights /path/to/checkpoint or --weights random")
     from huggingface_hub import hf_hub_download
 
     repo, failures = spec.pretrained_tag, []
@@ -391,13 +391,13 @@ def _unavailable(what: str, repo: str, detail: str, files: str) -> PretrainedUna
         f"pretrained weights for {what} are neither in the local Hugging Face cache nor downloadable"
         f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {detail}\n"
         f"Alternatives: download on a connected machine (`hf download {repo}`) and copy ~/.cache/huggingface, "
-        f"or pass WEIGHTS=/path/to/checkpoint ({files}), or WEIGHTS=random for an explicitly random-weights port.")
+        f"or pass --weights /path/to/checkpoint ({files}), or --weights random for an explicitly random-weights port.")
 
 
 def load_timm_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
     if not spec.pretrained_tag:
         raise PretrainedUnavailableError(f"{spec.name} has no published pretrained weights; "
-                                         "pass WEIGHTS=/path/to/checkpoint or WEIGHTS=random")
+                                         "pass --weights /path/to/checkpoint or --weights random")
     import timm
     from timm.models import get_pretrained_cfg
 

@@ -152,7 +152,7 @@ def test_pretrained_offline_without_cache_says_what_to_do(tmp_path):
     proc = _cli("port", "cait_xxs24_224", "--out", str(tmp_path / "a"),
                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr
-    for needle in ("cait_xxs24_224.fb_dist_in1k", "timm/cait_xxs24_224", "WEIGHTS=random", "WEIGHTS=/path"):
+    for needle in ("cait_xxs24_224.fb_dist_in1k", "timm/cait_xxs24_224", "--weights random", "--weights /path"):
         assert needle in proc.stderr, needle
     assert not (tmp_path / "a" / "cait_xxs24_224").exists()
     assert not [p for p in (tmp_path / "a").iterdir()] if (tmp_path / "a").exists() else True

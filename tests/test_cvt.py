@@ -371,4 +371,4 @@ def test_pretrained_offline_names_alternatives(tmp_path, monkeypatch):
         _port(get_variant("cvt-13-384-22k"), tmp_path / "a", weights="pretrained")
     message = info.value.message
     assert info.value.user_error and "microsoft/cvt-13-384-22k" in message
-    assert "WEIGHTS=random" in message and "HF_HUB_OFFLINE" in message
+    assert "--weights random" in message and "HF_HUB_OFFLINE" in message

@@ -118,7 +118,7 @@ def test_parity_subcommand_rechecks_without_converting(ported):
     # an artifact that no longer matches its manifest is refused before anything runs
     (folder / "model.keras").write_bytes(b"not a model")
     with pytest.raises(PortError, match="model.keras: size"):
-        recheck(VARIANT, out, log=lambda _msg: None)
+        recheck(out / VARIANT, log=lambda _msg: None)
 
 
 def test_wrong_mapping_is_caught_and_localised(tmp_path):

@@ -268,10 +268,10 @@ def other_family_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("given, variant, expected", [
-    ("cvt", VARIANT, "this looks like a CvT checkpoint ({n} of {n} keys match mappings/cvt.yaml), not "
-                     "cait_xxs24_224; did you mean VARIANT=cvt-13-224 (vit-port port cvt-13-224)?"),
-    ("cait", "cvt-21-384", "this looks like a CaiT checkpoint ({n} of {n} keys match mappings/cait.yaml), not "
-                           "cvt-21-384; did you mean VARIANT=cait_xxs24_224 (vit-port port cait_xxs24_224)?"),
+    ("cvt", VARIANT, "this looks like a CvT checkpoint ({n} of {n} keys match cvt.yaml), "
+                     "not cait_xxs24_224; did you mean cvt-13-224 (vit-port port cvt-13-224)?"),
+    ("cait", "cvt-21-384", "this looks like a CaiT checkpoint ({n} of {n} keys match cait.yaml), "
+                           "not cvt-21-384; did you mean cait_xxs24_224 (vit-port port cait_xxs24_224)?"),
 ])
 def test_checkpoint_of_the_other_family_is_named_in_one_line(tmp_path, other_family_checkpoints, given, variant,
                                                              expected):
