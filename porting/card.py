@@ -20,7 +20,7 @@ from parity.images import resolve_preprocessing
 from parity.report import fmt_float, fmt_share
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.layout import FORMATS, Format
+from porting.layout import FORMATS, SAFETENSORS_FILE, Format
 from porting.manifest import (
     EVAL_DIR,
     MANIFEST_NAME,
@@ -256,9 +256,12 @@ def snippets(record: PortRecord, fmt: Format | None = None,
     if reference is not None:
         hub = ([f"# straight from the Hub: {reference.hub_line.format(repo=remote['pytorch'])}"]
                if reference.hub_line and remote.get("pytorch") else [])
-        forms["pytorch"] = (reference.title, [
+        # a published PyTorch form holds the weights under the family's published name
+        build = [line.replace(SAFETENSORS_FILE, family.hub_weights_name) if fmt else line for line in reference.build]
+        forms["pytorch"] = (reference.title.replace(SAFETENSORS_FILE, family.hub_weights_name) if fmt
+                            else reference.title, [
             *_imports(record, "import numpy as np", "import torch", *reference.imports), "",
-            *hub, *reference.build, *_example_input(spec),
+            *hub, *build, *_example_input(spec),
             "x = torch.from_numpy(images).permute(0, 3, 1, 2)  # PyTorch models take NCHW",
             "with torch.no_grad():",
             f"    {head} = {reference.call}.numpy()",
@@ -301,14 +304,16 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
-def _file_lines(files: dict[str, dict], report: dict, fmt: Format | None) -> list[str]:
+def _file_lines(files: dict[str, dict], report: dict, fmt: Format | None, weights_name: str) -> list[str]:
     top: dict[str, int] = {}
     for rel, entry in files.items():
         key = rel.split("/", 1)[0] + ("/" if "/" in rel else "")
         top[key] = top.get(key, 0) + int(entry["size"])
     opset = ((report.get("exports") or {}).get("onnx") or {}).get("opset", "?")
     keras_config = fmt is not None and fmt.key == "keras"
-    what = {"model.safetensors": "weights in the source (PyTorch) layout, bit-exact round trip",
+    what = {weights_name: "weights in the source (PyTorch) layout, under a name the reference library's own loader "
+                          "does not read: it would compute another function on them (use the snippet below)",
+            "model.safetensors": "weights in the source (PyTorch) layout, bit-exact round trip",
             "model.keras": "Keras 3 model (architecture + weights)",
             "saved_model/": "TensorFlow SavedModel: signatures `serving_default`, `features`, `attention`",
             "model.onnx": f"ONNX model, opset {opset}, input `images`, output the head only",
@@ -377,7 +382,7 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     for title, code in snippets(record, fmt, repos):
         body += [f"### {title}", "", "```python", code, "```", ""]
     if files:
-        body += ["## Files", "", *_file_lines(files, report, fmt), "",
+        body += ["## Files", "", *_file_lines(files, report, fmt, get_family(spec.family).hub_weights_name), "",
                  f"Check them with `vit-port verify <folder>` (sha256 in `{MANIFEST_NAME}`).", ""]
     shown = ("toolkit", *(k for k in versions if k != "toolkit"))
     body += ["## Versions", "", ", ".join(f"{k} {versions[k]}" for k in shown if versions.get(k)), "",

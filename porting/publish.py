@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porting.card import CARD_NAME, KAGGLE_LICENSES, hub_license, read_evaluation, render_card
-from porting.layout import FORMATS, KERAS_FILE, REPORTS, Format
+from porting.families import get_family
+from porting.layout import FORMATS, KERAS_FILE, REPORTS, SAFETENSORS_FILE, Format
 from porting.manifest import MANIFEST_NAME, METADATA_NAME, file_table, read_record, verify_manifest
 from porting.safety import STAGING_MARKER, UnsafePathError, first_line, inside, write_text_atomic
 
@@ -202,13 +203,14 @@ def _claim_staging(staged: Path, folder: Path, files: list[str]) -> None:
                                                            str(folder), "files": files}, indent=1) + "\n")
 
 
-def _form_sources(folder: Path, manifest: dict, fmt: Format) -> dict[str, Path]:
+def _form_sources(folder: Path, manifest: dict, fmt: Format, weights_name: str) -> dict[str, Path]:
     """{path in the form's folder: artifact file} of ``fmt``: its artifact files that the port
-    wrote, and the record and reports every form carries. Keras' are unpacked separately."""
+    wrote (the PyTorch weights under the family's published name), and the record and reports
+    every form carries. Keras' are unpacked separately."""
     listed = [rel for rel in manifest["files"] if rel != CARD_NAME]
     wanted = [rel for rel in listed if rel in REPORTS
               or any(rel == f or rel.startswith(f + "/") for f in fmt.files if f != KERAS_FILE)]
-    return {rel: inside(folder, rel) for rel in wanted}
+    return {(weights_name if rel == SAFETENSORS_FILE else rel): inside(folder, rel) for rel in wanted}
 
 
 def _keras_members(path: Path) -> list[str]:
@@ -245,7 +247,8 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
         raise PublishError(f"{folder} does not match its manifest, nothing staged ({len(problems)} problem(s), "
                            f"first: {problems[0]}); see `vit-port verify {folder}`")
     try:
-        sources = {key: _form_sources(folder, manifest, fmt) for key, fmt in FORMATS.items()}
+        weights_name = get_family(record.spec.family).hub_weights_name
+        sources = {key: _form_sources(folder, manifest, fmt, weights_name) for key, fmt in FORMATS.items()}
         keras_members = _keras_members(folder / KERAS_FILE) if KERAS_FILE in manifest["files"] else []
         planned = {key: [*files, *(keras_members if FORMATS[key].files == (KERAS_FILE,) else [])]
                    for key, files in sources.items()}

@@ -201,6 +201,11 @@ class Family:
     perturbation: Perturbation = Perturbation()
     library_tag: str = ""  # the Hub tag of the reference library ("timm"), only where its loader is tested
     keras_heads: tuple[str, ...] = ("head",)  # classifier Dense layers; their inputs averaged are the features
+    # The name of the PyTorch form's weights when published. The reference library's loaders read
+    # model.safetensors; a family on whose weights such a loader computes another function (CvT:
+    # transformers' exact GELU, even with no config.json) publishes them under another name, so the
+    # loader fails loudly instead.
+    hub_weights_name: str = "model.safetensors"
 
     def __post_init__(self):
         object.__setattr__(self, "keras_module", self.keras_module or f"{self.package}.model")

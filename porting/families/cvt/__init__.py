@@ -163,7 +163,7 @@ class CvTFamily(Family):
 FAMILY = CvTFamily(
     name="cvt", title="CvT", full_name="CvT (Convolutional vision Transformer)", package=__name__,
     config_class=CvTConfig, variants=VARIANTS, mapping="cvt.yaml", source_label="Hugging Face transformers",
-    reference_libraries=("transformers",), classifier="classifier",
+    reference_libraries=("transformers",), classifier="classifier", hub_weights_name="model_quickgelu.safetensors",
     layouts=(Layout("microsoft", r"^(module\.)?stage\d+\.", "cvt_microsoft.yaml",
                     "Microsoft's original CvT checkpoints (github.com/microsoft/CvT)"),),
     perturbation=Perturbation(query_key=r"\.attention\.attention\.projection_(query|key)\.weight$"),

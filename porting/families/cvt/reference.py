@@ -90,6 +90,6 @@ def reference_taps(model: torch.nn.Module, intermediates: bool = False) -> dict[
 def write_hub_config(model: torch.nn.Module, spec: VariantSpec, folder: str, labels: dict | None) -> None:
     """Nothing: transformers' ``from_pretrained`` would read a CvT config.json and build
     ``CvtForImageClassification`` with exact GELU, 2e-2 away from the checkpoints' QuickGELU,
-    without a warning. With no config.json it fails loudly; the card's snippet builds the
-    model with the QuickGELU patch instead."""
+    without a warning (the family publishes its weights under a name that loader does not read,
+    ``Family.hub_weights_name``); the card's snippet builds the model with the QuickGELU patch."""
     return None
