@@ -150,8 +150,11 @@ def test_a_test_family_ports_through_every_command(toy_port):
     stage = toy_port / "stage"
     published = _cli("publish", str(folder), "--target", "hf://tests/toy", "--stage-dir", str(stage), "--family", TOY)
     assert published.returncode == 0, published.stderr[-3000:]
-    assert (stage / "README.md").read_text().count("Toy ViT (a test-only family)") >= 1
-    assert verify_manifest(stage) == []
+    forms = sorted(p.name for p in stage.iterdir() if p.is_dir())
+    assert forms == ["keras", "onnx", "pytorch", "savedmodel"]
+    for form in forms:
+        assert "Toy ViT (a test-only family)" in (stage / form / "README.md").read_text()
+        assert verify_manifest(stage / form) == []
 
     unknown = _cli("list", "--family", "toy_family:NOPE")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "toy_family:NOPE" in unknown.stderr

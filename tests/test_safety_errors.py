@@ -17,8 +17,8 @@ from safetensors.numpy import save_file
 
 from parity import worker
 from porting import cli, pipeline
-from porting.families import get_variant
-from porting.mapping import MAPPINGS_DIR, MappingError, MappingFileError, MappingSpec
+from porting.families import get_family, get_variant
+from porting.mapping import MappingError, MappingFileError, MappingSpec
 
 from conftest import ROOT, error_line, run_torch_job
 
@@ -216,12 +216,14 @@ def test_project_mappings_use_every_rule_at_reduced_depths(tmp_path):
     """The reduced depths the tests port (CaiT depth 1 with one class-attention block, CvT one
     block per stage) still plan with every rule used; their feature extractors plan when the
     classifier prefix is allowed, as run_keras allows it, and not otherwise."""
-    from porting.cait import build_cait
-    from porting.cvt import build_cvt
-    from porting.mapping import load_mapping
+    from porting.families.cait.model import build_keras as build_cait
+    from porting.families.cvt.model import build_keras as build_cvt
 
-    cases = [(get_variant(VARIANT).with_config(depth=1, depth_token_only=1), "cait.yaml", build_cait, "head"),
-             (get_variant("cvt-13-224").with_config(depths=(1, 2, 3)), "cvt.yaml", build_cvt, "classifier")]
+    def load_mapping(family: str) -> MappingSpec:
+        return get_family(family).load_mapping()
+
+    cases = [(get_variant(VARIANT).with_config(depth=1, depth_token_only=1), "cait", build_cait, "head"),
+             (get_variant("cvt-13-224").with_config(depths=(1, 2, 3)), "cvt", build_cvt, "classifier")]
     shapes = run_torch_job({"job": "state_shapes", "specs": [spec.to_dict() for spec, *_ in cases]},
                            tmp_path)["shapes"]
     for spec, mapping, build, classifier in cases:
@@ -239,7 +241,7 @@ def test_project_mappings_use_every_rule_at_reduced_depths(tmp_path):
 
 
 def test_mapping_with_a_bad_target_through_the_cli_names_the_rule(tmp_path):
-    text = (MAPPINGS_DIR / "cait.yaml").read_text()
+    text = get_family("cait").resource("cait.yaml").read_text()
     bad = tmp_path / "cait_typo.yaml"
     bad.write_text(text.replace("to: 'blocks_{i}/attn/qkv/kernel'", "to: 'blocks_{i}/attn/qkvv/kernel'"))
     line = next(i for i, row in enumerate(bad.read_text().splitlines(), 1) if "qkvv" in row)

@@ -144,7 +144,7 @@ def test_eval_writes_only_its_reports(root, tmp_path, capsys):
     from PIL import Image
 
     data = tmp_path / "data"
-    for label in ("cat", "dog"):
+    for label in ("tabby", "espresso"):  # folders named as ImageNet names the classes
         (data / label).mkdir(parents=True)
         pixels = np.random.default_rng(len(label)).integers(0, 255, (40, 48, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(data / label / "a.png")

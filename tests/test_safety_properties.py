@@ -11,12 +11,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from porting.mapping import MAPPINGS_DIR, MappingFileError, MappingSpec, load_renames
+from porting.families import families
+from porting.mapping import MappingFileError, MappingSpec, RenameSpec
 
 from conftest import ROOT
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-MAPPING_TEXTS = {p.name: p.read_text() for p in sorted(MAPPINGS_DIR.glob("*.yaml"))}
+# every YAML file a family ships: its mapping and its rename files
+MAPPING_TEXTS = {name: family.resource(name).read_text() for family in families().values()
+                 for name in (family.mapping, *(layout.renames for layout in family.layouts))}
 YAML_PIECES = ["{", "}", "[", "]", ":", ": ", ",", "-", "- ", "'", '"', "#", "&a", "*a", "!!python/object", "|",
                ">", "\n", "\t", "  ", "{i}", "{", "from", "to", "transform", "rules", "drop", "rename", "key",
                "reason", "restore", "value", "dtype", "beside", "pattern", "replace", "linear", "conv2d",
@@ -66,7 +69,7 @@ def _edited_mapping(draw) -> tuple[str, str]:
 
 def _load(path: Path, rename_file: bool) -> None:
     try:
-        (load_renames if rename_file else MappingSpec.load)(path)
+        (RenameSpec.load if rename_file else MappingSpec.load)(path)
     except MappingFileError as exc:
         assert "\n" not in str(exc), f"a message of more than one line: {exc!r}"
         assert str(exc).startswith(str(path)), f"the message does not start with the file: {exc!r}"
