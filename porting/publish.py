@@ -138,13 +138,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copystat(src, dst)
 
 
-def _claim_staging(staged: Path, folder: Path, files: list[str]) -> None:
+def _claim_staging(staged: Path, folder: Path, files: list[str], where: str) -> None:
     """Make ``staged`` an empty staging folder of ours whose marker lists ``files`` (what it
     will hold), before anything is staged, so that a stage cut short is still recognised.
+    ``where`` names it in refusals.
 
     A folder is emptied only when it carries the marker and holds nothing the marker does not
     list; a folder without one is used only when it is empty."""
-    where = f"{staged} (--stage-dir)"
     if staged.resolve() == folder.resolve() or folder.resolve() in staged.resolve().parents:
         raise PublishError(f"{where}: the staging folder must be outside the artifact folder")
     if staged.resolve() in folder.resolve().parents:
@@ -193,7 +193,8 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
     except UnsafePathError as exc:  # verify_manifest reports these too; a folder may change meanwhile
         raise PublishError(f"{folder / MANIFEST_NAME} lists {exc}; nothing staged") from None
     staged = Path(stage_dir) if stage_dir else folder.parent / STAGING / target.slug
-    _claim_staging(staged, folder, sorted({*sources, CARD_NAME, MANIFEST_NAME}))
+    where = f"{staged} (--stage-dir)" if stage_dir else f"{staged} (the default staging folder)"
+    _claim_staging(staged, folder, sorted({*sources, CARD_NAME, MANIFEST_NAME}), where)
     for rel, src in sources.items():
         _link_or_copy(src, inside(staged, rel))
     listed = {k: v for k, v in manifest["files"].items() if k != CARD_NAME}
