@@ -350,10 +350,13 @@ class MappingSpec(_Renames):
                 raise MappingFileError(path, line, f"restore beside {beside!r} must have every placeholder "
                                        f"of the drop key {sorted(names)}")
             try:
-                np.asarray(spec["value"], dtype=np.dtype(str(spec["dtype"])))
+                dtype = np.dtype(str(spec["dtype"]))
+            except TypeError:
+                raise MappingFileError(path, line, f"restore dtype {spec['dtype']!r} is not a numpy dtype") from None
+            try:
+                np.asarray(spec["value"], dtype=dtype)
             except (TypeError, ValueError, OverflowError):
-                raise MappingFileError(path, line, f"restore value {spec['value']!r} of dtype {spec['dtype']!r} "
-                                       "is not a numpy value") from None
+                raise MappingFileError(path, line, f"restore value {spec['value']!r} is not a {dtype} value") from None
             restore = Restore(spec["value"], str(spec["dtype"]), beside, _compile_pattern(beside)[0])
         return Drop(str(entry["key"]), str(entry["reason"]), line, _compile_pattern(str(entry["key"]))[0],
                     restore)

@@ -170,13 +170,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copystat(src, dst)
 
 
-def _claim_staging(staged: Path, folder: Path, files: list[str]) -> None:
+def _claim_staging(staged: Path, folder: Path, files: list[str], where: str) -> None:
     """Make ``staged`` an empty staging folder of ours whose marker lists ``files`` (what it
     will hold), before anything is staged, so that a stage cut short is still recognised.
+    ``where`` names it in refusals.
 
     A folder is emptied only when it carries the marker and holds nothing the marker does not
     list; a folder without one is used only when it is empty."""
-    where = f"{staged} (--stage-dir)"
     if staged.resolve() == folder.resolve() or folder.resolve() in staged.resolve().parents:
         raise PublishError(f"{where}: the staging folder must be outside the artifact folder")
     if staged.resolve() in folder.resolve().parents:
@@ -262,8 +262,9 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
     forms = {key: FORMATS[key] for key, names in planned.items() if set(names) - set(REPORTS)}
     places = {key: f"{target.kind}://{target.place(fmt, record.spec.name)}" for key, fmt in forms.items()}
     staged = Path(stage_dir) if stage_dir else folder.parent / STAGING / target.slug
+    where = f"{staged} (--stage-dir)" if stage_dir else f"{staged} (the default staging folder)"
     _claim_staging(staged, folder, sorted(f"{key}/{rel}" for key in forms
-                                          for rel in (*planned[key], CARD_NAME, MANIFEST_NAME)))
+                                          for rel in (*planned[key], CARD_NAME, MANIFEST_NAME)), where)
     evaluation = read_evaluation(folder)
     result = {}
     for key, fmt in forms.items():
