@@ -59,7 +59,7 @@ attention: $(STAMP)
 		$(if $(PNG),--png $(PNG)) $(ATTENTION_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" --durations=30 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -188,6 +188,8 @@ def test_discover_class_folders_and_labels_file(data, tmp_path):
 def test_class_folders_are_matched_to_the_models_class_names(ported, data, tmp_path):
     """ImageNet folder names (synsets or names, any case) go to the model's indices; folders
     that are not its class names are refused in one line saying how to map them."""
+    from PIL import Image
+
     from porting.manifest import read_record
 
     labels = read_record(ported).labels
@@ -198,6 +200,7 @@ def test_class_folders_are_matched_to_the_models_class_names(ported, data, tmp_p
     odd = tmp_path / "odd"
     for name in ("Tabby", "cat", "dog"):
         (odd / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(odd / name / "0.png")
     with pytest.raises(EvalError) as refused:
         discover(odd, model_labels=labels)
     message = str(refused.value)

@@ -121,7 +121,7 @@ def test_a_test_family_ports_through_every_command(toy_port):
     assert report["source_layout"] == "the tests' own PyTorch module"
 
     listing = _cli("list", "--family", TOY)
-    assert listing.returncode == 0 and re.search(r"^toy_tiny +Toy ViT +32px", listing.stdout, re.M)
+    assert listing.returncode == 0 and re.search(r"^toy_tiny +Toy ViT +32 +0\.0M +no", listing.stdout, re.M)
 
     recheck = _cli("parity", "toy_tiny", "--out", str(toy_port / "artifacts"), "--family", TOY)
     assert recheck.returncode == 0, recheck.stderr[-3000:]
