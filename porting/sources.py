@@ -180,11 +180,18 @@ def perturb_(model: torch.nn.Module, seed: int, rules: Perturbation) -> None:
                 buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
 
 
-def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str, num_classes: int,
-                      origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
-    """``state`` with its classifier fitted to ``num_classes``; ``new_model()`` builds the model
-    whose freshly initialised head replaces it (only when one is needed)."""
-    head_keys = [k for k in state if k == classifier or k.startswith(classifier + ".")]
+def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str | tuple[str, ...],
+                      num_classes: int, origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
+    """``state`` with its classifier(s) fitted to ``num_classes`` (a distilled DeiT has two heads:
+    both are replaced or dropped together); ``new_model()`` builds the model whose freshly
+    initialised heads replace them (only when needed)."""
+    prefixes = (classifier,) if isinstance(classifier, str) else classifier
+    classifier = prefixes[0]
+
+    def is_head(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    head_keys = [k for k in state if is_head(k)]
     weight = state.get(f"{classifier}.weight")
     if weight is None or weight.shape[0] == num_classes:
         return state
@@ -197,7 +204,7 @@ def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str
             f"new N-class head for fine-tuning (0 for a feature extractor).")
     state = {k: v for k, v in state.items() if k not in head_keys}
     if num_classes > 0:
-        state.update({k: v for k, v in new_model().state_dict().items() if k.startswith(classifier + ".")})
+        state.update({k: v for k, v in new_model().state_dict().items() if is_head(k)})
         origin.notes.append(f"classifier replaced: checkpoint has {weight.shape[0]} classes, port has "
                             f"{num_classes}; the new head is randomly initialised (for fine-tuning)")
     else:

@@ -114,6 +114,20 @@ class ClassAttention:
     outputs: str  # regex over output names, with one group: the block's index (drawing order)
     last_only: bool = False  # draw the last such block unless --blocks all
     title: str = "class-token attention"
+    prefix_tokens: int = 1  # keys before the patches (class token; DeiT's distillation token too)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Which outputs attention rollout (Abnar & Zuidema 2020) multiplies: one full
+    self-attention map per block, (B, heads, N, N) over the same N tokens in the same order
+    ([prefix tokens, patches] on a square grid), so that their product means something. Read
+    at the class token (query 0). A family whose maps are not square (keys downsampled, or
+    tokens that change between blocks) has no rollout."""
+
+    outputs: str  # regex over output names, with one group: the block's index (product order)
+    prefix_tokens: int = 1  # tokens before the patches, the class token first
+    title: str = "attention rollout"
 
 
 @dataclass(frozen=True)
@@ -166,8 +180,8 @@ class Family:
 
     ``package`` is the family's Python package: its YAML files are read from it, and its Keras
     and PyTorch sides are its ``model`` and ``reference`` modules unless named otherwise.
-    Subclasses override ``reference_snippet``, ``hub_repo`` and ``class_attention`` where the
-    family's answer depends on the variant.
+    Subclasses override ``reference_snippet``, ``hub_repo``, ``class_attention`` and ``rollout``
+    where the family's answer depends on the variant.
     """
 
     name: str  # the registry key and VariantSpec.family
@@ -181,7 +195,7 @@ class Family:
     reference_libraries: tuple[str, ...] = ()  # distributions the reference needs, recorded in manifests
     keras_module: str = ""  # default: <package>.model
     torch_module: str = ""  # default: <package>.reference
-    classifier: str = "head"  # state_dict prefix of the classifier (a new head replaces it)
+    classifier: str | tuple[str, ...] = "head"  # state_dict prefix(es) of the classifier(s) a new head replaces
     layouts: tuple[Layout, ...] = ()
     perturbation: Perturbation = Perturbation()
     library_tag: str = ""  # the Hub tag of the reference library: "timm", "transformers"
@@ -234,4 +248,8 @@ class Family:
 
     def class_attention(self, spec: VariantSpec) -> ClassAttention | None:
         """The outputs ``vit-port attention`` draws (None: the family has none)."""
+        return None
+
+    def rollout(self, spec: VariantSpec) -> Rollout | None:
+        """The maps ``vit-port attention`` multiplies into attention rollout (None: it does not apply)."""
         return None
