@@ -104,6 +104,7 @@ class Perturbation:
     layer_scale: str | None = None  # LayerScale gammas -> U(0.1, 1)
     query_key: str | None = None  # query/key projection weights -> x5 (peaked attention)
     head_mix: str | None = None  # talking-heads mixing matrices -> I + N(0, 1/heads)
+    fused_qkv: str | None = None  # fused [q; k; v] weights -> q, k rows for attention logits of std 3, v as is
 
 
 @dataclass(frozen=True)

@@ -181,5 +181,5 @@ FAMILY = ViTFamily(
     name="vit", title="ViT", full_name="ViT (Vision Transformer: DeiT, DeiT III, AugReg)",
     package=__name__, config_class=ViTConfig, variants=VARIANTS, mapping="vit.yaml", source_label="timm",
     reference_libraries=("timm",), library_tag="timm", classifier=("head", "head_dist"),
-    perturbation=Perturbation(layer_scale=r"\.ls[12]\.gamma$", query_key=r"\.attn\.qkv\.weight$"),
+    perturbation=Perturbation(layer_scale=r"\.ls[12]\.gamma$", fused_qkv=r"\.attn\.qkv\.weight$"),
 )
