@@ -110,7 +110,7 @@ class Perturbation:
 @dataclass(frozen=True)
 class ClassAttention:
     """Which outputs ``vit-port attention`` draws: attention maps whose query 0 is the class
-    token and whose keys are [class token, patches] on a square grid."""
+    token and whose keys are [prefix tokens, patches] on a square grid."""
 
     outputs: str  # regex over output names, with one group: the block's index (drawing order)
     last_only: bool = False  # draw the last such block unless --blocks all
