@@ -57,13 +57,14 @@ def folder_bytes(path: Path | str) -> int:
 
 def pooled_features(model, heads: tuple[str, ...]):
     """The feature vector the classifier reads: the ``features`` output of a feature extractor,
-    else the input of the head layer (the mean of the heads' inputs where there are two, as timm
+    else the input of the head layer (the mean of the heads' inputs where the model has two, as timm
     pools a distilled DeiT's class and distillation tokens)."""
     import keras
 
     if "features" in model.output:
         return model.output["features"]
-    inputs = [model.get_layer(name).input for name in heads]
+    present = {layer.name for layer in model.layers}
+    inputs = [model.get_layer(name).input for name in heads if name in present]
     return inputs[0] if len(inputs) == 1 else keras.layers.Average(name="pre_logits")(inputs)
 
 

@@ -23,6 +23,7 @@ from porting.safety import first_line
 from porting.tensor_io import CheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+QKV_LOGIT_STD = 3.0  # attention logits of perturbed fused qkv weights: peaked (mean max probability ~0.35)
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module")
 # torch's own lines around a weights-only refusal: its advice to retry with weights_only=False
 # would run the very code just refused
@@ -157,8 +158,10 @@ def perturb_(model: torch.nn.Module, seed: int, rules: Perturbation) -> None:
     timm initialises LayerScale gammas at 1e-5..1e-6, biases at zero and weights at std 0.02,
     so a port that got a whole branch wrong would still match, and every attention map would
     be nearly uniform (a transposed q/k would hardly show). So: the family's LayerScale gammas
-    ~ U(0.1, 1), its query/key projections x5 (peaked attention) and its talking-heads mixing
-    matrices ~ I + N(0, 1/heads) (``rules``, the family's ``Perturbation``); for every family,
+    ~ U(0.1, 1), its query/key projections x5 (peaked attention), the q and k rows of its fused
+    qkv projections rescaled so that attention logits have a std of about 3 whatever the width
+    (``QKV_LOGIT_STD``), and its talking-heads mixing matrices ~ I + N(0, 1/heads) (``rules``,
+    the family's ``Perturbation``); for every family,
     biases ~ N(0, 0.05), norm weights ~ 1 + N(0, 0.1), depthwise convolution kernels
     (C, 1, k, k) ~ N(0, 1/k^2), so that they pass the signal on at unit scale (at std 0.02 a
     3x3 depthwise projection all but silences its branch), and BatchNorm statistics:
@@ -181,6 +184,13 @@ def perturb_(model: torch.nn.Module, seed: int, rules: Perturbation) -> None:
                 param.copy_(1.0 + noise * 0.1)
             elif matches(rules.query_key, name):
                 param.mul_(5.0)
+            elif matches(rules.fused_qkv, name):
+                # x5 on the whole fused matrix would scale v too, growing the residual stream block
+                # after block, and its logits' std (width x weight variance) grows with the width:
+                # a random deit_base_patch16_224's own fp32 rounding (fp32 vs fp64) reached 7e-4
+                # on logits that way; q and k rows set for logits of std 3: 2.2e-6
+                q_and_k = param[: 2 * param.shape[0] // 3]
+                q_and_k.mul_((QKV_LOGIT_STD / param.shape[1]) ** 0.5 / q_and_k.std())
             elif matches(rules.head_mix, name):
                 heads = param.shape[0]
                 param.copy_(torch.eye(heads) + noise / heads**0.5)
@@ -208,11 +218,18 @@ def class_labels(spec: VariantSpec) -> dict | None:
             "descriptions": list(info.label_descriptions())}
 
 
-def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str, num_classes: int,
-                      origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
-    """``state`` with its classifier fitted to ``num_classes``; ``new_model()`` builds the model
-    whose freshly initialised head replaces it (only when one is needed)."""
-    head_keys = [k for k in state if k == classifier or k.startswith(classifier + ".")]
+def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str | tuple[str, ...],
+                      num_classes: int, origin: Origin, new_head: bool = False) -> dict[str, torch.Tensor]:
+    """``state`` with its classifier(s) fitted to ``num_classes`` (a distilled DeiT has two heads:
+    both are replaced or dropped together); ``new_model()`` builds the model whose freshly
+    initialised heads replace them (only when needed)."""
+    prefixes = (classifier,) if isinstance(classifier, str) else classifier
+    classifier = prefixes[0]
+
+    def is_head(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    head_keys = [k for k in state if is_head(k)]
     weight = state.get(f"{classifier}.weight")
     if weight is None or weight.shape[0] == num_classes:
         return state
@@ -225,7 +242,7 @@ def _reset_classifier(state: dict[str, torch.Tensor], new_model, classifier: str
             f"new N-class head for fine-tuning (0 for a feature extractor).")
     state = {k: v for k, v in state.items() if k not in head_keys}
     if num_classes > 0:
-        state.update({k: v for k, v in new_model().state_dict().items() if k.startswith(classifier + ".")})
+        state.update({k: v for k, v in new_model().state_dict().items() if is_head(k)})
         origin.notes.append(f"classifier replaced: checkpoint has {weight.shape[0]} classes, port has "
                             f"{num_classes}; the new head is randomly initialised (for fine-tuning)")
     else:

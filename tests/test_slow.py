@@ -14,7 +14,8 @@ from porting.pipeline import PortOptions, port
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name, batch", [("cait_s24_384", 2), ("cvt-13-384", 2), ("cait_m48_448", 1)])
+@pytest.mark.parametrize("name, batch", [("cait_s24_384", 2), ("cvt-13-384", 2), ("cait_m48_448", 1),
+                                         ("vit_large_patch16_224", 2), ("deit3_huge_patch14_224", 2)])
 def test_full_size_port_passes_everywhere(tmp_path, name, batch):
     report = port(get_variant(name), PortOptions(weights="random", out_root=tmp_path, batch=batch,
                                                  log=lambda _m: None))

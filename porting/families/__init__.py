@@ -24,6 +24,7 @@ from porting.families.base import Family, VariantSpec
 BUILTIN = (
     "porting.families.cait:FAMILY",
     "porting.families.cvt:FAMILY",
+    "porting.families.vit:FAMILY",
 )
 ENTRY_POINT_GROUP = "vit_porting.families"
 ENV_VAR = "VIT_PORTING_FAMILIES"

@@ -31,6 +31,19 @@ if TYPE_CHECKING:  # annotations only: importing either framework here would def
     from porting.sources import Origin
 
 
+def timm_keywords(config: Any, keywords: dict[str, str]) -> dict:
+    """``config``'s fields under the timm keywords that ``keywords`` maps them to."""
+    return {keyword: getattr(config, name) for name, keyword in keywords.items()}
+
+
+def timm_model_args(spec: VariantSpec, variants: tuple[VariantSpec, ...], keywords: dict[str, str]) -> dict:
+    """The timm keywords in which ``spec`` differs from the registered variant of its name (a
+    reduced depth in the tests, another image size), so config.json and the card's snippet read like timm's."""
+    registered = next((v for v in variants if v.name == spec.name), None)
+    base = timm_keywords(registered.config, keywords) if registered else {}
+    return {k: v for k, v in timm_keywords(spec.config, keywords).items() if k != "num_classes" and base.get(k) != v}
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """A named, buildable model: family, architecture config, source checkpoint, preprocessing.
@@ -107,16 +120,31 @@ class Perturbation:
     layer_scale: str | None = None  # LayerScale gammas -> U(0.1, 1)
     query_key: str | None = None  # query/key projection weights -> x5 (peaked attention)
     head_mix: str | None = None  # talking-heads mixing matrices -> I + N(0, 1/heads)
+    fused_qkv: str | None = None  # fused [q; k; v] weights -> q, k rows for attention logits of std 3, v as is
 
 
 @dataclass(frozen=True)
 class ClassAttention:
     """Which outputs ``vit-port attention`` draws: attention maps whose query 0 is the class
-    token and whose keys are [class token, patches] on a square grid."""
+    token and whose keys are [prefix tokens, patches] on a square grid."""
 
     outputs: str  # regex over output names, with one group: the block's index (drawing order)
     last_only: bool = False  # draw the last such block unless --blocks all
     title: str = "class-token attention"
+    prefix_tokens: int = 1  # keys before the patches (class token; DeiT's distillation token too)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Which outputs attention rollout (Abnar & Zuidema 2020) multiplies: one full
+    self-attention map per block, (B, heads, N, N) over the same N tokens in the same order
+    ([prefix tokens, patches] on a square grid), so that their product means something. Read
+    at the class token (query 0). A family whose maps are not square (keys downsampled, or
+    tokens that change between blocks) has no rollout."""
+
+    outputs: str  # regex over output names, with one group: the block's index (product order)
+    prefix_tokens: int = 1  # tokens before the patches, the class token first
+    title: str = "attention rollout"
 
 
 @dataclass(frozen=True)
@@ -181,8 +209,8 @@ class Family:
 
     ``package`` is the family's Python package: its YAML files are read from it, and its Keras
     and PyTorch sides are its ``model`` and ``reference`` modules unless named otherwise.
-    Subclasses override ``reference_snippet``, ``hub_repo`` and ``class_attention`` where the
-    family's answer depends on the variant.
+    Subclasses override ``reference_snippet``, ``hub_repo``, ``class_attention`` and ``rollout``
+    where the family's answer depends on the variant.
     """
 
     name: str  # the registry key and VariantSpec.family
@@ -196,7 +224,7 @@ class Family:
     reference_libraries: tuple[str, ...] = ()  # distributions the reference needs, recorded in manifests
     keras_module: str = ""  # default: <package>.model
     torch_module: str = ""  # default: <package>.reference
-    classifier: str = "head"  # state_dict prefix of the classifier (a new head replaces it)
+    classifier: str | tuple[str, ...] = "head"  # state_dict prefix(es) of the classifier(s) a new head replaces
     layouts: tuple[Layout, ...] = ()
     perturbation: Perturbation = Perturbation()
     library_tag: str = ""  # the Hub tag of the reference library ("timm"), only where its loader is tested
@@ -255,4 +283,8 @@ class Family:
 
     def class_attention(self, spec: VariantSpec) -> ClassAttention | None:
         """The outputs ``vit-port attention`` draws (None: the family has none)."""
+        return None
+
+    def rollout(self, spec: VariantSpec) -> Rollout | None:
+        """The maps ``vit-port attention`` multiplies into attention rollout (None: it does not apply)."""
         return None

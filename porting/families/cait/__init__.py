@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from porting.families.base import ClassAttention, Family, Perturbation, ReferenceSnippet, VariantSpec
+from porting.families.base import ClassAttention, Family, Perturbation, ReferenceSnippet, VariantSpec, timm_keywords
+from porting.families.base import timm_model_args as changed_timm_args
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,11 @@ TIMM_KWARGS = {"image_size": "img_size", "patch_size": "patch_size", "in_channel
 
 
 def timm_kwargs(config: CaiTConfig) -> dict:
-    return {keyword: getattr(config, field) for field, keyword in TIMM_KWARGS.items()}
+    return timm_keywords(config, TIMM_KWARGS)
 
 
 def timm_model_args(spec: VariantSpec) -> dict:
-    """The timm keywords in which ``spec`` differs from timm's registered variant (a reduced
-    depth in the tests, another image size), so the card's snippet and config.json read like timm's."""
-    registered = {v.name: v for v in VARIANTS}.get(spec.name)
-    base = timm_kwargs(registered.config) if registered else {}
-    return {k: v for k, v in timm_kwargs(spec.config).items() if k != "num_classes" and base.get(k) != v}
+    return changed_timm_args(spec, VARIANTS, TIMM_KWARGS)
 
 
 _IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

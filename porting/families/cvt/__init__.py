@@ -157,7 +157,7 @@ class CvTFamily(Family):
         last = spec.config.num_stages - 1
         return ClassAttention(rf"stage{last}_blocks_(\d+)_attn", last_only=True,
                               title=f"class-token attention of stage {last} (keys: the class token and the "
-                                    "stride-2 key/value grid)")
+                                    "stride-2 key/value grid; no attention rollout: Nq x Nkv maps do not multiply)")
 
 
 FAMILY = CvTFamily(
