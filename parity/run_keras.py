@@ -36,7 +36,7 @@ def job_convert(job: dict) -> dict:
 
     spec = VariantSpec.from_dict(job["spec"])
     timings = {}
-    mapping = get_family(spec.family).load_mapping(job.get("mapping"))
+    mapping = get_family(spec.family).load_mapping(job.get("mapping"), spec.config)
     t = time.perf_counter()
     state = read_safetensors(job["source"], lazy=True)
     timings["read_source"] = time.perf_counter() - t
@@ -46,8 +46,9 @@ def job_convert(job: dict) -> dict:
     t = time.perf_counter()
     # a feature extractor (num_classes=0) has no classifier: its rules find no key, on purpose
     classifier = get_family(spec.family).classifier
+    heads = (classifier,) if isinstance(classifier, str) else classifier
     assigned = convert_weights(model, state, mapping, source_name=job.get("source_name", job["source"]),
-                               may_be_absent=(classifier,) if spec.config.num_classes == 0 else ())
+                               may_be_absent=heads if spec.config.num_classes == 0 else ())
     del state
     timings["assign"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -45,7 +45,7 @@ def job_source(job: dict) -> dict:
     reference, the converter and the round trip all read the same keys.
     """
     spec = _spec(job)
-    mapping = get_family(spec.family).load_mapping(job.get("mapping"))
+    mapping = get_family(spec.family).load_mapping(job.get("mapping"), spec.config)
     state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
     if origin.kind == "file":
         refuse_other_family(spec, state, mapping, origin)

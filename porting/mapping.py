@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ class Rule:
     line: int
     source_regex: re.Pattern
     target_regex: re.Pattern
+    when: str | None = None  # a config field (or "not <field>"): the rule exists only where it holds
 
     def describe(self) -> str:
         return f"rule at line {self.line} ({self.source} -> {self.target}, {self.transform})"
@@ -260,6 +261,7 @@ def read_yaml(path: Path | Traversable, what: str) -> Any:
 
 
 _TOP_KEYS = {"family", "source", "description", "rename", "rules", "drop"}
+_WHEN = re.compile(r"^(not )?[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -309,7 +311,7 @@ class MappingSpec(_Renames):
         missing = [k for k in ("from", "to") if k not in entry]
         if missing:
             raise MappingFileError(path, line, f"rule is missing {', '.join(missing)}")
-        extra = set(entry) - {"from", "to", "transform", "__line__"}
+        extra = set(entry) - {"from", "to", "transform", "when", "__line__"}
         if extra:
             raise MappingFileError(path, line, f"unknown rule keys {sorted(extra, key=str)}")
         source, target = str(entry["from"]), str(entry["to"])
@@ -325,9 +327,12 @@ class MappingSpec(_Renames):
         if target in targets:
             raise MappingFileError(path, line, f"duplicate target {target!r} (also at line {targets[target]})")
         targets[target] = line
+        when = entry.get("when")
+        if when is not None and not (isinstance(when, str) and _WHEN.match(when)):
+            raise MappingFileError(path, line, f"'when' is a config field name or 'not <field>', got {when!r}")
         source_regex, _ = _compile_pattern(source)
         target_regex, _ = _compile_pattern(target)
-        return Rule(source, target, transform, line, source_regex, target_regex)
+        return Rule(source, target, transform, line, source_regex, target_regex, when)
 
     @staticmethod
     def _drop(entry: Any, path: Path | str) -> Drop:
@@ -373,6 +378,24 @@ class MappingSpec(_Renames):
         return Rename(regex, str(entry["replace"]), entry["__line__"])
 
     # -- forward -----------------------------------------------------------------------------
+    def for_config(self, config: Any) -> MappingSpec:
+        """The rules that exist for a model of ``config``: a rule with ``when: field`` only where
+        that field (or property) of the config is true, ``when: not field`` where it is false.
+        The others are left out, so their keys count as unused and their variables as unknown:
+        strictness is kept per config. A field the config lacks is refused with the rule's line."""
+        rules = []
+        for rule in self.rules:
+            if rule.when is None:
+                rules.append(rule)
+                continue
+            negate, name = rule.when.startswith("not "), rule.when.removeprefix("not ")
+            if not hasattr(config, name):
+                raise MappingFileError(self.path, rule.line, f"when: {rule.when!r}: {type(config).__name__} has no "
+                                       f"field {name!r}")
+            if bool(getattr(config, name)) != negate:
+                rules.append(rule)
+        return replace(self, rules=rules)
+
     def rule_at(self, rule: Rule) -> str:
         """``file:line (from -> to)``: where to fix a rule."""
         return f"{self.path}:{rule.line} ({rule.source} -> {rule.target})"

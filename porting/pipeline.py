@@ -98,7 +98,7 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
     """The mapping rules feeding the first diverging block (for the report)."""
     if block is None:
         return None
-    mapping = get_family(spec.family).load_mapping(mapping_path)
+    mapping = get_family(spec.family).load_mapping(mapping_path, spec.config)
     paths = [p for p in weight_paths if p.startswith(block + "/")]
     rules = mapping.rules_feeding(paths)
     return {"block": block, "rules": [{"line": r.line, "from": r.source, "to": r.target,

@@ -120,6 +120,29 @@ def test_refused_plan_assigns_nothing(tmp_path):
     assert produced == []
 
 
+def test_a_rule_exists_only_for_the_configs_its_when_names(tmp_path):
+    """One file for models with and without a bias: where ``when`` does not hold, the rule is
+    left out and its key, if present, is refused as unused; a field the config lacks is refused."""
+    from types import SimpleNamespace
+
+    spec = _spec(tmp_path, RULES.replace("to: 'blocks_{i}/fc/bias'}", "to: 'blocks_{i}/fc/bias', when: fc_bias}"))
+    sd = _source(np.random.default_rng(7), blocks=2)
+    assert set(dict(spec.for_config(SimpleNamespace(fc_bias=True)).forward(sd, _targets(2)))) == set(_targets(2))
+    without = spec.for_config(SimpleNamespace(fc_bias=False))
+    no_bias = {k: v for k, v in sd.items() if not k.endswith("bias")}
+    targets = {k: v for k, v in _targets(2).items() if not k.endswith("bias")}
+    assert set(dict(without.forward(no_bias, targets))) == set(targets)
+    assert set(without.backward(dict(without.forward(no_bias, targets)))) == set(no_bias)
+    with pytest.raises(MappingError) as info:  # the bias is there although the config says none
+        list(without.forward(sd, targets))
+    assert set(info.value.unused_sources) == {"blocks.0.fc.bias", "blocks.1.fc.bias"}
+    with pytest.raises(MappingError) as info:  # the config wants a bias the checkpoint lacks
+        list(spec.for_config(SimpleNamespace(fc_bias=True)).forward(no_bias, _targets(2)))
+    assert info.value.unmatched_rules
+    with pytest.raises(MappingFileError, match=r"toy\.yaml:10.*has no field 'fc_bias'"):
+        spec.for_config(SimpleNamespace(bias=True))
+
+
 @pytest.mark.parametrize("text, line, needle", [
     ("family: toy\nrules:\n  - {from: a, to: b\n", 3, "YAML error"),  # the unclosed line, not the end
     ("family: toy\nrules:\n  - {from: a, to: b, transform: lnear}\n", 3, "unknown transform 'lnear'"),
@@ -131,6 +154,7 @@ def test_refused_plan_assigns_nothing(tmp_path):
     ("family: toy\nrules:\n  - {from: a}\n", 3, "missing to"),
     ("family: toy\nrules:\n  - {from: a, to: b}\ndrop:\n  - {key: c}\n", 5, "reason"),
     ("family: toy\nrulez: []\n", 1, "unknown top-level"),
+    ("family: toy\nrules:\n  - {from: a, to: b, when: 'has bias'}\n", 3, "'when' is a config field name"),
 ])
 def test_malformed_mapping_names_file_and_line(tmp_path, text, line, needle):
     path = tmp_path / "bad.yaml"

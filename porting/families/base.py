@@ -254,11 +254,13 @@ class Family:
         """A file of the family's package, read as the installed package holds it."""
         return resources.files(self.package).joinpath(name)
 
-    def load_mapping(self, override: str | None = None) -> MappingSpec:
-        """The family's mapping, or the file a user passed to replace it (``--mapping FILE``)."""
+    def load_mapping(self, override: str | None = None, config: Any = None) -> MappingSpec:
+        """The family's mapping, or the file a user passed to replace it (``--mapping FILE``);
+        given a ``config``, only the rules that exist for it (``when:``)."""
         from porting.mapping import MappingSpec
 
-        return MappingSpec.load(override or self.resource(self.mapping))
+        mapping = MappingSpec.load(override or self.resource(self.mapping))
+        return mapping if config is None else mapping.for_config(config)
 
     def load_renames(self, layout: Layout) -> RenameSpec:
         from porting.mapping import RenameSpec
