@@ -139,7 +139,7 @@ def test_a_rule_exists_only_for_the_configs_its_when_names(tmp_path):
     with pytest.raises(MappingError) as info:  # the config wants a bias the checkpoint lacks
         list(spec.for_config(SimpleNamespace(fc_bias=True)).forward(no_bias, _targets(2)))
     assert info.value.unmatched_rules
-    with pytest.raises(MappingFileError, match=r"toy\.yaml:10.*has no field 'fc_bias'"):
+    with pytest.raises(MappingFileError, match=r"toy\.yaml:8: .*has no field 'fc_bias'"):
         spec.for_config(SimpleNamespace(bias=True))
 
 
