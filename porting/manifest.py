@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import IO, Any
 
 MANIFEST_NAME = "manifest.json"
 EVAL_DIR = "eval"
@@ -39,9 +41,11 @@ _DISTRIBUTIONS = {"torch": "torch", "tensorflow": ("tensorflow-cpu", "tensorflow
                   "numpy": "numpy"}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path | str, chunk: int = 1 << 22, opener: Callable[..., IO[bytes]] = open) -> str:
+    """sha256 of a file read a chunk at a time; ``opener`` is ``fs.open`` for a file on an fsspec
+    file system (a collection copied to a remote root)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with opener(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -100,37 +104,49 @@ def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, 
     return manifest
 
 
-def read_manifest(folder: Path | str) -> dict:
+def read_manifest(folder: Path | str, fs: Any = None) -> dict:
+    if fs is not None:
+        return json.loads(fs.cat_file(f"{folder}/{MANIFEST_NAME}"))
     return json.loads((Path(folder) / MANIFEST_NAME).read_text())
 
 
-def verify_manifest(folder: Path | str) -> list[str]:
-    """Problems found when the folder is checked against its manifest (empty: it verifies)."""
-    folder = Path(folder)
+def verify_manifest(folder: Path | str, fs: Any = None) -> list[str]:
+    """Problems found when the folder is checked against its manifest (empty: it verifies).
+
+    ``fs``: an fsspec file system holding ``folder`` (a path in it), for a folder that a
+    collection copied to a remote root; None for a local folder."""
+    if fs is None:
+        folder = Path(folder)
+        present = {p.relative_to(folder).as_posix(): (p, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+        opener = open
+    else:
+        root = str(folder).rstrip("/")
+        found = fs.find(root, detail=True) if fs.isdir(root) else {}
+        present = {name[len(root) + 1:]: (name, info["size"]) for name, info in found.items()
+                   if info.get("type") == "file"}
+        opener = fs.open
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, fs)
     except FileNotFoundError:
-        return [f"{folder / MANIFEST_NAME}: missing"]
+        return [f"{folder}/{MANIFEST_NAME}: missing"]
     except json.JSONDecodeError as exc:
-        return [f"{folder / MANIFEST_NAME}: not JSON ({exc})"]
+        return [f"{folder}/{MANIFEST_NAME}: not JSON ({exc})"]
     problems = []
     for key in ("variant", "family", "files", "origin", "versions", "parity", "created"):
         if key not in manifest:
             problems.append(f"manifest.json: no {key!r} entry")
     listed = manifest.get("files", {})
-    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     present.pop(MANIFEST_NAME, None)
-    present = {rel: p for rel, p in present.items() if not _post_port(rel)}
+    present = {rel: entry for rel, entry in present.items() if not _post_port(rel)}
     for rel, entry in sorted(listed.items()):
-        path = present.get(rel)
-        if path is None:
+        if rel not in present:
             problems.append(f"{rel}: listed in the manifest but missing")
             continue
-        size = path.stat().st_size
+        path, size = present[rel]
         if size != entry.get("size"):
             problems.append(f"{rel}: size {size} != {entry.get('size')} in the manifest")
             continue
-        digest = sha256_file(path)
+        digest = sha256_file(path, opener=opener)
         if digest != entry.get("sha256"):
             problems.append(f"{rel}: sha256 {digest} != {entry.get('sha256')} in the manifest")
     for rel in sorted(set(present) - set(listed)):

@@ -39,6 +39,9 @@ class VariantSpec:
     ``interpolation``, ``mean``, ``std``) so that eval, the cards and the parity photographs all
     apply the transform the checkpoint was trained with. ``datasets`` are Hugging Face Hub
     dataset ids of its training data; ``pretraining`` says the same in words.
+    ``published_top1`` is the ImageNet-1k top-1 (%) published for the checkpoint, with where it
+    was published in ``published_top1_source``: the collection card quotes it beside the parity
+    figures, so that a reader sees what the port is meant to preserve.
     """
 
     name: str
@@ -51,6 +54,8 @@ class VariantSpec:
     license: str = ""
     datasets: tuple[str, ...] = ()
     pretraining: str = ""
+    published_top1: float | None = None
+    published_top1_source: str = ""
 
     def with_config(self, **overrides: Any) -> VariantSpec:
         """The same variant with config fields changed (class count, reduced depth in tests)."""
@@ -69,7 +74,8 @@ class VariantSpec:
         return {"name": self.name, "family": self.family, "config": asdict(self.config),
                 "timm_name": self.timm_name, "pretrained_tag": self.pretrained_tag,
                 "preprocessing": self.preprocessing, "paper": self.paper, "license": self.license,
-                "datasets": list(self.datasets), "pretraining": self.pretraining}
+                "datasets": list(self.datasets), "pretraining": self.pretraining,
+                "published_top1": self.published_top1, "published_top1_source": self.published_top1_source}
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSpec:
