@@ -470,6 +470,32 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
         bar.close()
 
 
+def collection_from_reports(family: str, out: str, command: str | None = None) -> dict:
+    """collection.json and the card of ``family`` from whatever folders are under ``out``, without
+    porting or verifying: the parity reports CI's per-variant jobs upload (their JSON files only),
+    or folders made one ``vit-port port`` at a time. A variant without a report is an error."""
+    root = OutputRoot(out if "://" in out else str(Path(out).resolve()))
+    specs = resolve_variants(family, None)
+    work = Path(tempfile.mkdtemp(prefix="vit-port-facts-"))
+    try:
+        facts = model_facts(specs, work, previous_collection(root.fs, root.path, family))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    records = []
+    for spec in specs:
+        folder = root.folder(spec.name)
+        if root.fs.exists(f"{folder}/parity.json"):
+            summary = folder_summary(root.fs, folder)
+            records.append(variant_entry(spec, facts.get(spec.name), summary, status="reported"))
+        else:
+            records.append(variant_entry(spec, facts.get(spec.name), status="error",
+                                         error=f"no parity report under {out.rstrip('/')}/{spec.name}"))
+    collection = build_collection(family, records, command=command, out=out, toolkit_version=TOOLKIT_VERSION,
+                                  engine={"name": "reports", "why": "built from parity reports; nothing ported"})
+    write_collection(root.fs, root.path, collection)
+    return collection
+
+
 def exit_code(collection: dict) -> int:
     """0 when every variant passed parity, else 1."""
     return 0 if collection["summary"]["passed"] == collection["summary"]["variants"] else 1

@@ -145,13 +145,12 @@ def previous_collection(fs: Any, root: str, family: str) -> dict:
         return {}
 
 
-def write_collection(fs: Any, root: str, collection: dict,
-                     link: Callable[[str], str] | None = None) -> tuple[str, str]:
+def write_collection(fs: Any, root: str, collection: dict) -> tuple[str, str]:
     """collection.json and README.md of ``collection`` under ``root``; returns their paths."""
     folder = collection_dir(root, collection["family"])
     json_path, card_path = f"{folder}/{COLLECTION_JSON}", f"{folder}/{CARD_NAME}"
     write_text(fs, json_path, json.dumps(collection, indent=1) + "\n")
-    write_text(fs, card_path, render_collection_card(collection, link))
+    write_text(fs, card_path, render_collection_card(collection))
     return json_path, card_path
 
 
@@ -172,8 +171,9 @@ def _verdict(entry: dict) -> str:
     return {"passed": "pass", "failed": "**FAIL**"}.get(entry.get("verdict"), "—")
 
 
-def table(collection: dict, link: Callable[[str], str] | None = None) -> list[str]:
-    """The variants table: size, compute, input, published accuracy, parity, file sizes, card."""
+def table(collection: dict, link: Callable[[str], str | None] | None = None) -> list[str]:
+    """The variants table: size, compute, input, published accuracy, parity, file sizes, and a
+    link to each variant's card (``link`` gives it, or None where there is none to link)."""
     link = link or _local_link
     lines = ["| variant | params | GFLOPs | input | top-1 published | parity | worst normalised diff: head / "
              "attention | " + " | ".join(FORMAT_TITLES.values()) + " | card |",
@@ -187,7 +187,8 @@ def table(collection: dict, link: Callable[[str], str] | None = None) -> list[st
             top1 = f"{e['published_top1']:.1f} %<sup>{sources.index(e['published_top1_source']) + 1}</sup>"
         worst = e.get("worst") or {}
         sizes = e.get("sizes") or {}
-        card = f"[card]({link(e['variant'])})" if e.get("verdict") else "—"
+        url = link(e["variant"]) if e.get("verdict") else None
+        card = f"[card]({url})" if url else "—"
         compute = f"{e['params'] / 1e6:.1f} M | {e['gflops']:.1f}" if e.get("params") else "— | —"
         lines.append(f"| `{e['variant']}` | {compute} | {e['image_size']} px | {top1} | {_verdict(e)} "
                      f"| {fmt_float(worst.get('head'))} / {fmt_float(worst.get('attention'))} | "
@@ -227,7 +228,7 @@ def _usage(family: str, example: dict) -> list[str]:
     ]
 
 
-def render_collection_card(collection: dict, link: Callable[[str], str] | None = None) -> str:
+def render_collection_card(collection: dict, link: Callable[[str], str | None] | None = None) -> str:
     """README.md of a collection: what the family is, the variants table, usage, how it was made."""
     family = get_family(collection["family"])
     entries = list(collection["variants"].values())
@@ -259,10 +260,15 @@ def render_collection_card(collection: dict, link: Callable[[str], str] | None =
         body += [f"- `{e['variant']}`: " + (e.get("error") or "parity failed (see its parity.md)") for e in problems]
         body += [""]
     body += ["## Usage", "", *_usage(family.name, example), ""]
-    made = [f"- command: `{collection['command']}`" if collection.get("command") else None,
-            f"- engine: {engine.get('name', '—')} {engine.get('version', '')}".rstrip()
-            + (f" at {engine['address']}" if engine.get("address") else "")
-            + (f" ({engine['mode']})" if engine.get("mode") else ""),
+    makers = sorted({f"{p['engine']} {p['version']} at {p['address']} ({p['mode']})"
+                     for e in entries if (p := e.get("ported_by"))})
+    if engine.get("version"):
+        ran = (f"- engine: {engine['name']} {engine['version']} at {engine['address']} ({engine['mode']}), "
+               f"{engine['nodes']} node(s), {engine['cpus']:.0f} CPUs")
+    else:
+        ran = f"- this run started no engine: {engine.get('why', 'it ported nothing')}"
+    made = [f"- command: `{collection['command']}`" if collection.get("command") else None, ran,
+            f"- folders ported by: {'; '.join(makers)}" if makers else None,
             f"- finished {collection['created']}" + (f" in {collection['wall_s']:.0f} s" if collection.get("wall_s")
                                                     else "")]
     body += ["## How it was made", "", *[line for line in made if line], "",
