@@ -59,12 +59,12 @@ from porting.pipeline import DEFAULT_ARTIFACTS, TOOLKIT_VERSION, PortError, Port
 
 # What one port asks Ray for. Its processes run one after another, so its need is the largest of
 # them (plus this task's own process). Measured (benchmarks/results/*-x86_64-2cpu.json, "port"):
-# past a GiB of weights the largest process is 3.27x (cait_m48_448) to 3.59x (cvt-w24-384-22k)
-# the weight bytes; below, the frameworks and the activations dominate: 1.44 to 3.07 GB
+# past a GB of weights the largest process is 3.27x (cait_m48_448) to 3.59x (cvt-w24-384-22k)
+# the weight bytes; below, the frameworks and the activations dominate: 1.51 to 3.22 GB
 # (cvt-13-224 .. cait_s24_384). Hence memory = TASK_MEMORY + max(MEMORY_FLOOR, MEMORY_RATIO x
 # weight bytes); tests/test_collection.py checks the constants against every committed result.
 MEMORY_RATIO = 3.6
-MEMORY_FLOOR = 3.2e9
+MEMORY_FLOOR = 3.3e9
 TASK_MEMORY = 0.5e9  # the task process: Ray's worker, the comparison of memory-mapped outputs
 # the thread pools of the port's workers follow the CPUs the task was given (Ray sets OMP_NUM_THREADS)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
@@ -132,8 +132,16 @@ class OutputRoot:
 
     def scratch(self, variant: str) -> Path:
         """The variant's scratch folder, local to the process that ports it."""
-        base = Path(tempfile.gettempdir()) / "vit-port-collection" if self.remote else Path(self.path)
+        base = Path(tempfile.gettempdir()) / f"vit-port-collection-{os.getuid()}" if self.remote else Path(self.path)
         return base / SCRATCH.format(variant=variant)
+
+    def discard_scratch(self, variant: str) -> None:
+        """Remove what a killed task left of the variant's port (its scratch folders are the
+        collection's own: nothing else is ever written there)."""
+        shutil.rmtree(self.scratch(variant), ignore_errors=True)
+        scratch = f"{self.path}/{SCRATCH.format(variant=variant)}"
+        if self.remote and self.fs.exists(scratch):
+            self.fs.rm(scratch, recursive=True)
 
     def verify(self, variant: str) -> list[str]:
         folder = self.folder(variant)
@@ -266,7 +274,7 @@ def port_task(spec_dict: dict, settings: dict, root_text: str, force: bool, retr
         result.update(status="error", error=one_line(str(exc)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if scratch.parent.name == "vit-port-collection" and not any(scratch.parent.iterdir()):
+        if scratch.parent.name.startswith("vit-port-collection-") and not any(scratch.parent.iterdir()):
             scratch.parent.rmdir()
     result.update(seconds=round(time.perf_counter() - started, 1),
                   task_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -449,6 +457,7 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
                 result = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the task's process died (killed, OOM, node lost)
                 result = {"status": "error", "error": f"the Ray task died: {one_line(str(exc))}"}
+                root.discard_scratch(spec.name)
             entry = {"status": result["status"], "log": result.get("log")}
             if result.get("error"):
                 entry["error"] = result["error"]
@@ -470,12 +479,13 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
         bar.close()
 
 
-def collection_from_reports(family: str, out: str, command: str | None = None) -> dict:
+def collection_from_reports(family: str, out: str, command: str | None = None,
+                            specs: list[VariantSpec] | None = None) -> dict:
     """collection.json and the card of ``family`` from whatever folders are under ``out``, without
     porting or verifying: the parity reports CI's per-variant jobs upload (their JSON files only),
     or folders made one ``vit-port port`` at a time. A variant without a report is an error."""
     root = OutputRoot(out if "://" in out else str(Path(out).resolve()))
-    specs = resolve_variants(family, None)
+    specs = specs or resolve_variants(family, None)
     work = Path(tempfile.mkdtemp(prefix="vit-port-facts-"))
     try:
         facts = model_facts(specs, work, previous_collection(root.fs, root.path, family))
