@@ -52,6 +52,11 @@ publish-collection: $(STAMP)
 	$(PY) -m porting.cli publish-collection $(FAMILY) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
 		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
 
+# A family's collection on local Ray, timed (benchmarks/results/collection-<family>-<machine>.json);
+# COMPARE=N also times the N smallest variants one after another against Ray
+collection-bench: $(STAMP)
+	$(PY) -m benchmarks.collection_bench $(FAMILY) $(if $(COMPARE),--compare $(COMPARE))
+
 BATCHES ?= 1,8
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(VARIANT) --batches $(BATCHES) $(BENCH_ARGS)

@@ -303,7 +303,11 @@ def _environment(**values: str) -> Iterator[None]:
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[dict]:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local instance; yields what the
     collection records as its engine. A session the caller already started is used as it is."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise PortError("vit-port collection runs on Ray, which is not installed: "
+                        "pip install 'vit-porting[collection]'") from None
 
     package_root = str(Path(__file__).resolve().parent.parent)
     families = os.environ.get("VIT_PORTING_FAMILIES", "")
@@ -314,7 +318,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         # the nodes run their own installed vit-porting; only plug-in families need passing on
         env = {"env_vars": {"VIT_PORTING_FAMILIES": families}} if families else None
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PortError(f"no Ray cluster at {address} (--address or RAY_ADDRESS): {one_line(str(exc))}") from None
         try:
             yield _engine(ray, "cluster")
         finally:
@@ -361,7 +368,7 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="variant", file=sys.stderr, disable=not enabled,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
 
 def run_collection(specs: list[VariantSpec], options: CollectionOptions) -> dict:
@@ -451,7 +458,10 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
     bar = _progress(len(todo), len(todo) - len(pending), todo[0].family, options.progress)
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            if not done:
+                bar.refresh()  # the elapsed time moves while the ports run
+                continue
             spec = pending.pop(done[0])
             try:
                 result = ray.get(done[0])
