@@ -7,7 +7,8 @@ VARIANT ?= cait_xxs24_224
 WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
-.PHONY: venv port parity verify bench test test-all lint clean publish eval attention
+.PHONY: venv port parity verify bench test test-all lint clean publish eval attention collection collection-card \
+	publish-collection collection-bench
 
 venv: $(STAMP)
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q 'torch===2.13.0' 'torchvision==0.28.0'
-	$(PY) -m pip install -q -e '.[port,dev]'
+	$(PY) -m pip install -q -e '.[port,collection,dev]'
 	touch $(STAMP)
 
 port: $(STAMP)
@@ -32,6 +33,29 @@ parity: $(STAMP)
 
 verify: $(STAMP)
 	$(PY) -m porting.cli verify $(VARIANT)
+
+# Every variant of a family (or VARIANTS=a,b) ported on Ray: a local Ray instance on this machine
+# unless RAY_ADDRESS (or ADDRESS=) names a cluster. Writes artifacts/<variant>/ per variant and
+# artifacts/collections/<family>/collection.json + README.md; a second run skips verified folders.
+FAMILY ?= cait
+collection: $(STAMP)
+	$(PY) -m porting.cli collection $(FAMILY) --weights $(WEIGHTS) $(if $(VARIANTS),--variants $(VARIANTS)) \
+		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(OUT),--out $(OUT)) \
+		$(if $(ADDRESS),--address $(ADDRESS)) $(COLLECTION_ARGS)
+
+# collection.json and the card from the parity reports under OUT (CI's last job), no porting
+collection-card: $(STAMP)
+	$(PY) -m porting.cli collection-card $(FAMILY) $(if $(OUT),--out $(OUT))
+
+publish-collection: $(STAMP)
+	$(if $(TARGET),,$(error TARGET=hf://owner or TARGET=kaggle://owner is required))
+	$(PY) -m porting.cli publish-collection $(FAMILY) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
+		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
+
+# A family's collection on local Ray, timed (benchmarks/results/collection-<family>-<machine>.json);
+# COMPARE=N also times the N smallest variants one after another against Ray
+collection-bench: $(STAMP)
+	$(PY) -m benchmarks.collection_bench $(FAMILY) $(if $(COMPARE),--compare $(COMPARE))
 
 BATCHES ?= 1,8
 bench: $(STAMP)

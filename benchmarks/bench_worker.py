@@ -62,20 +62,10 @@ def job_matmul_peak(job: dict) -> dict:
 
 def job_flops(job: dict) -> dict:
     """FLOPs (2 x multiply-adds of matmuls and convolutions) of one image through the reference."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from porting.families import get_family
+    from parity.run_torch import model_facts
     from porting.families.base import VariantSpec
 
-    spec = VariantSpec.from_dict(job["spec"])
-    reference = get_family(spec.family).torch()
-    with torch.device("meta"):
-        model = reference.build_reference(spec).eval()
-        x = torch.zeros(1, 3, spec.image_size, spec.image_size)
-    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
-        reference.call_reference(model, x)
-    return {"flops_per_image": int(counter.get_total_flops())}
+    return {"flops_per_image": model_facts(VariantSpec.from_dict(job["spec"]))["flops_per_image"]}
 
 
 def job_gemm_shapes(job: dict) -> dict:

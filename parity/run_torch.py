@@ -157,6 +157,28 @@ def onnx_metadata(spec: VariantSpec, labels: dict | None) -> dict[str, str]:
     return meta
 
 
+def model_facts(spec: VariantSpec) -> dict:
+    """Parameters, weight bytes (every state_dict tensor, as model.safetensors holds them) and FLOPs
+    of one image (2 x multiply-adds of matmuls and convolutions) of the reference, on the meta
+    device: no weights in memory, no arithmetic, about a second even for the largest variant."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    reference = get_family(spec.family).torch()
+    with torch.device("meta"):
+        model = reference.build_reference(spec).eval()
+        x = torch.zeros(1, spec.config.in_channels, spec.image_size, spec.image_size)
+    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
+        reference.call_reference(model, x)
+    return {"params": int(sum(p.numel() for p in model.parameters())),
+            "weight_bytes": int(sum(t.numel() * t.element_size() for t in model.state_dict().values())),
+            "flops_per_image": int(counter.get_total_flops())}
+
+
+def job_facts(job: dict) -> dict:
+    """``model_facts`` of each spec: what a collection schedules by (memory) and its card shows."""
+    return {"facts": {spec["name"]: model_facts(VariantSpec.from_dict(spec)) for spec in job["specs"]}}
+
+
 def job_onnx(job: dict) -> dict:
     """model.onnx and model_attention.onnx from the ported weights (``candidate``: the
     round-tripped model.safetensors, loaded strictly), porting/export_onnx.py."""
@@ -172,7 +194,7 @@ def job_onnx(job: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
-                 "state_shapes": job_state_shapes, "onnx": job_onnx},
+                 "state_shapes": job_state_shapes, "onnx": job_onnx, "facts": job_facts},
                 (CheckpointError, MappingError, MappingFileError), argv)
 
 

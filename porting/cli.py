@@ -1,4 +1,6 @@
-"""Port vision transformers from PyTorch to Keras 3, TF SavedModel, ONNX and safetensors, checked for parity.
+"""Command line: ``vit-port port|parity|verify|publish|eval|attention|list`` and the collection commands
+``collection|collection-card|publish-collection`` (also ``python -m porting.cli``): port vision
+transformers from PyTorch to Keras 3, TF SavedModel, ONNX and safetensors, checked for parity.
 
 The CLI process resolves names and orchestrates; frameworks load only in worker processes.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +183,57 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    return "vit-port " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def cmd_collection(args: argparse.Namespace) -> int:
+    """Port every variant of a family (or --variants) on Ray; collection.json and its card."""
+    from porting.collection import CollectionOptions, exit_code, resolve_variants, run_collection
+
+    specs = resolve_variants(args.family_name, [v for v in (args.variants or "").split(",") if v])
+    options = CollectionOptions(weights=args.weights, seed=args.seed, force=args.force, out=args.out,
+                                address=args.address, num_cpus=args.num_cpus, cpus_per_port=args.cpus_per_port,
+                                retries=args.retries, exports=not args.no_export, progress=not args.no_progress,
+                                command=_command_line())
+    collection = run_collection(specs, options)
+    _print_collection(collection)
+    return exit_code(collection)
+
+
+def cmd_collection_card(args: argparse.Namespace) -> int:
+    """collection.json and the card of a family from the parity reports under --out (no porting)."""
+    from porting.collection import collection_from_reports, exit_code
+
+    collection = collection_from_reports(args.family_name, args.out, command=_command_line())
+    _print_collection(collection)
+    return exit_code(collection)
+
+
+def cmd_publish_collection(args: argparse.Namespace) -> int:
+    """Stage (dry run) or push every verified, passing variant of a collection and its card."""
+    from porting.publish_collection import publish_collection
+
+    result = publish_collection(args.family_name, args.out, args.target, push=args.push, allow_random=args.allow_random,
+                                stage_dir=args.stage_dir, private=args.private)
+    return 1 if result.refused else 0
+
+
+def _print_collection(collection: dict) -> None:
+    for name, e in collection["variants"].items():
+        worst = e.get("worst") or {}
+        status = "ERROR" if e.get("status") == "error" else {"passed": "pass", "failed": "FAIL"}.get(e.get("verdict"))
+        line = f"{name:20s} {status:5s} {e.get('status', ''):9s}"
+        if e.get("error"):
+            line += f" {e['error']}"
+        elif worst:
+            line += f" head {worst.get('head') or 0:.2e}  attention {worst.get('attention') or 0:.2e}"
+        print(line)
+    s = collection["summary"]
+    print(f"{collection['family']}: {s['passed']}/{s['variants']} passed, {s['failed']} failed parity, "
+          f"{s['errors']} error(s)")
+
+
 def _print_summary(report: dict) -> None:
     for r in report["runtimes"]:
         status = "pass" if r["passed"] else "FAIL"
@@ -288,6 +342,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON list instead of the table")
     p.add_argument("--only", dest="family_name", default=None, metavar="FAMILY", help="one family's variants")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("collection", parents=[common],
+                       help="port every variant of a family on Ray; writes collections/<family>/collection.json "
+                            "and its card")
+    p.add_argument("family_name", metavar="FAMILY", help="a registered family (vit-port list)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the family's variants")
+    p.add_argument("--weights", default="pretrained", help="'pretrained' or 'random' (or a file or folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="port every variant again and replace its folder (default: skip a verified folder made "
+                        "with the same settings, refuse to replace any other)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS),
+                   help="artifacts root: a local path (default artifacts/; on a cluster, one every node mounts) or "
+                        "an fsspec URL finished folders are copied to")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance on this machine)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--cpus-per-port", type=int, default=1,
+                   help="CPUs each port asks Ray for; its workers use as many threads (default 1)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="times a port whose process died (killed, out of memory) is run again (default 1)")
+    p.add_argument("--no-export", action="store_true", help="safetensors and Keras eager only, as `port --no-export`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_collection)
+
+    p = sub.add_parser("collection-card", parents=[common],
+                       help="collection.json and card of a family from the parity reports under --out (no porting)")
+    p.add_argument("family_name", metavar="FAMILY", help="a registered family (vit-port list)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_collection_card)
+
+    p = sub.add_parser("publish-collection", parents=[common],
+                       help="stage (dry run) or upload (--push) every verified variant of a collection and its card")
+    p.add_argument("family_name", metavar="FAMILY", help="a registered family (vit-port list)")
+    p.add_argument("--target", required=True,
+                   help="hf://owner (a repository per variant) or kaggle://owner (a model per family, a variation "
+                        "per variant)")
+    p.add_argument("--push", action="store_true", help="upload (default: stage and list the files only)")
+    p.add_argument("--allow-random", action="store_true", help="let --push upload random-weights ports")
+    p.add_argument("--private", action="store_true", help="create the Hugging Face repos private")
+    p.add_argument("--stage-dir", default=None,
+                   help="staging folder (default <out>/.staging/<kind>-<owner>--<family>-collection)")
+    p.add_argument("--out", default=str(DEFAULT_ARTIFACTS), help="artifacts root (default artifacts/)")
+    p.set_defaults(func=cmd_publish_collection)
     return parser
 
 

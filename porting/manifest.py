@@ -27,10 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import IO, Any
 
 from porting.families.base import VariantSpec
 from porting.safety import STAGING_MARKER, UnsafePathError, inside, write_text_atomic
@@ -49,9 +51,11 @@ _DISTRIBUTIONS = {"torch": "torch", "tensorflow": ("tensorflow-cpu", "tensorflow
                   "numpy": "numpy"}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path | str, chunk: int = 1 << 22, opener: Callable[..., IO[bytes]] = open) -> str:
+    """sha256 of a file read a chunk at a time; ``opener`` is ``fs.open`` for a file on an fsspec
+    file system (a collection copied to a remote root)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with opener(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -111,31 +115,47 @@ def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, 
     return manifest
 
 
-def read_manifest(folder: Path | str) -> dict:
+def read_manifest(folder: Path | str, fs: Any = None) -> dict:
+    if fs is not None:
+        return json.loads(fs.cat_file(f"{folder}/{MANIFEST_NAME}"))
     return json.loads((Path(folder) / MANIFEST_NAME).read_text())
 
 
-def is_port_folder(folder: Path | str) -> bool:
-    """Whether ``folder`` holds a manifest a port wrote: what ``--force`` may replace."""
+def is_port_folder(folder: Path | str, fs: Any = None) -> bool:
+    """Whether ``folder`` (on the fsspec file system ``fs``, if given) holds a manifest a port
+    wrote: what ``--force`` may replace."""
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, fs)
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and {"variant", "files", "parity"} <= set(manifest) \
         and isinstance(manifest.get("versions"), dict) and "toolkit" in manifest["versions"]
 
 
-def verify_manifest(folder: Path | str) -> list[str]:
-    """Problems found when the folder is checked against its manifest (empty: it verifies)."""
-    folder = Path(folder)
+def verify_manifest(folder: Path | str, fs: Any = None) -> list[str]:
+    """Problems found when the folder is checked against its manifest (empty: it verifies).
+
+    ``fs``: an fsspec file system holding ``folder`` (a path in it), for a folder that a
+    collection copied to a remote root; None for a local folder. Remote files are looked up
+    by the names listing found, so a manifest entry never builds a path there."""
+    if fs is None:
+        folder = Path(folder)
+        present = {p.relative_to(folder).as_posix(): (p, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+        opener = open
+    else:
+        root = str(folder).rstrip("/")
+        found = fs.find(root, detail=True) if fs.isdir(root) else {}
+        present = {name[len(root) + 1:]: (name, info["size"]) for name, info in found.items()
+                   if info.get("type") == "file"}
+        opener = fs.open
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, fs)
     except FileNotFoundError:
-        return [f"{folder / MANIFEST_NAME}: missing"]
+        return [f"{folder}/{MANIFEST_NAME}: missing"]
     except json.JSONDecodeError as exc:
-        return [f"{folder / MANIFEST_NAME}: not JSON ({exc})"]
+        return [f"{folder}/{MANIFEST_NAME}: not JSON ({exc})"]
     if not isinstance(manifest, dict):
-        return [f"{folder / MANIFEST_NAME}: not a JSON object"]
+        return [f"{folder}/{MANIFEST_NAME}: not a JSON object"]
     problems = []
     for key in ("variant", "family", "files", "origin", "versions", "parity", "created"):
         if key not in manifest:
@@ -143,27 +163,26 @@ def verify_manifest(folder: Path | str) -> list[str]:
     listed = manifest.get("files", {})
     if not isinstance(listed, dict):
         return problems + ["manifest.json: 'files' is not a table of files"]
-    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     present.pop(MANIFEST_NAME, None)
-    present = {rel: p for rel, p in present.items() if not _post_port(rel)}
+    present = {rel: entry for rel, entry in present.items() if not _post_port(rel)}
     for rel, entry in sorted(listed.items()):
-        try:
-            inside(folder, rel)
-        except UnsafePathError as exc:
-            problems.append(f"manifest.json lists {exc}")
-            continue
-        path = present.get(rel)
+        if fs is None:
+            try:
+                inside(folder, rel)
+            except UnsafePathError as exc:
+                problems.append(f"manifest.json lists {exc}")
+                continue
         if not isinstance(entry, dict):
             problems.append(f"{rel}: its manifest entry is not {{size, sha256}}")
             continue
-        if path is None:
+        if rel not in present:
             problems.append(f"{rel}: listed in the manifest but missing")
             continue
-        size = path.stat().st_size
+        path, size = present[rel]
         if size != entry.get("size"):
             problems.append(f"{rel}: size {size} != {entry.get('size')} in the manifest")
             continue
-        digest = sha256_file(path)
+        digest = sha256_file(path, opener=opener)
         if digest != entry.get("sha256"):
             problems.append(f"{rel}: sha256 {digest} != {entry.get('sha256')} in the manifest")
     for rel in sorted(set(present) - set(listed)):

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import secrets
 import shutil
 import tempfile
@@ -110,14 +111,18 @@ def process_identity(pid: int) -> dict | None:
 
 
 def owner_alive(owner: dict) -> bool:
-    """Whether the process an owner record names still runs (the same process, not its PID's heir)."""
+    """Whether the process an owner record names still runs (the same process, not its PID's heir).
+    A process of another machine (a folder every node of a cluster mounts) cannot be seen from
+    here: it counts as running, so its scratch folder is never removed from this one."""
+    if owner.get("host", platform.node()) != platform.node():
+        return True
     now = process_identity(int(owner["pid"]))
     return now is not None and (now["start"], now["boot"]) == (owner.get("start"), owner.get("boot"))
 
 
 def _identity_text(**extra: str) -> str:
     me = process_identity(os.getpid()) or {"pid": os.getpid(), "start": None, "boot": None}
-    return json.dumps({**me, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
+    return json.dumps({**me, "host": platform.node(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
 
 
 def make_scratch(parent: Path | str, stem: str) -> Path:

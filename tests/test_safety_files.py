@@ -417,8 +417,10 @@ def test_stale_scratch_is_removed_only_when_its_owner_is_gone(tmp_path):
     write_text_atomic(reused / OWNER_NAME, json.dumps({**owner, "start": "1"}))
     torn = make_scratch(tmp_path, "torn")
     (torn / OWNER_NAME).write_text("{")  # an owner file being written: left alone
+    remote = make_scratch(tmp_path, "remote")  # another node's port on a shared folder: its PID means nothing here
+    write_text_atomic(remote / OWNER_NAME, json.dumps({**owner, "pid": 2**22 + 1, "host": "another-node"}))
     assert remove_stale_scratch(tmp_path) == [reused]
-    assert mine.is_dir() and other.is_dir() and torn.is_dir() and not reused.exists()
+    assert mine.is_dir() and other.is_dir() and torn.is_dir() and remote.is_dir() and not reused.exists()
 
 
 def test_a_lock_is_refused_while_held_and_leaves_nothing(tmp_path):

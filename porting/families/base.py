@@ -54,6 +54,9 @@ class VariantSpec:
     dataset ids of its training data; ``pretraining`` says the same in words. ``label_set`` names
     the classes of its head for timm's ``ImageNetInfo`` (``imagenet-1k``): a port whose class
     count matches gets their names in every artifact; another head gets indices.
+    ``published_top1`` is the ImageNet-1k top-1 (%) published for the checkpoint, with where it
+    was published in ``published_top1_source``: the collection card quotes it beside the parity
+    figures, so that a reader sees what the port is meant to preserve.
     """
 
     name: str
@@ -67,6 +70,8 @@ class VariantSpec:
     datasets: tuple[str, ...] = ()
     pretraining: str = ""
     label_set: str = ""
+    published_top1: float | None = None
+    published_top1_source: str = ""
 
     def with_config(self, **overrides: Any) -> VariantSpec:
         """The same variant with config fields changed (class count, reduced depth in tests)."""
@@ -85,7 +90,8 @@ class VariantSpec:
         return {"name": self.name, "family": self.family, "config": asdict(self.config),
                 "timm_name": self.timm_name, "pretrained_tag": self.pretrained_tag,
                 "preprocessing": self.preprocessing, "paper": self.paper, "license": self.license,
-                "datasets": list(self.datasets), "pretraining": self.pretraining, "label_set": self.label_set}
+                "datasets": list(self.datasets), "pretraining": self.pretraining, "label_set": self.label_set,
+                "published_top1": self.published_top1, "published_top1_source": self.published_top1_source}
 
     @classmethod
     def from_dict(cls, data: dict) -> VariantSpec:

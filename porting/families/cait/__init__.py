@@ -51,8 +51,24 @@ def timm_model_args(spec: VariantSpec) -> dict:
 _IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+# Published ImageNet-1k top-1 (%) of each fb_dist_in1k checkpoint. The authors list six of the ten
+# in their model zoo (facebookresearch/deit, README_cait.md, "Model Zoo": S24 224 83.5, XS24 384 84.1,
+# S24 384 85.1, S36 384 85.4, M36 384 86.1, M48 448 86.5); the four XXS checkpoints are not in it, so
+# theirs is timm's evaluation of the same checkpoint (huggingface/pytorch-image-models,
+# results/results-imagenet.csv, column top1).
+_AUTHORS = "authors' model zoo (facebookresearch/deit README_cait.md)"
+_TIMM = "timm's evaluation (pytorch-image-models results/results-imagenet.csv); the authors' zoo lists no XXS model"
+TOP1 = {
+    "cait_xxs24_224": (78.384, _TIMM), "cait_xxs24_384": (80.972, _TIMM),
+    "cait_xxs36_224": (79.746, _TIMM), "cait_xxs36_384": (82.204, _TIMM),
+    "cait_xs24_384": (84.1, _AUTHORS), "cait_s24_224": (83.5, _AUTHORS), "cait_s24_384": (85.1, _AUTHORS),
+    "cait_s36_384": (85.4, _AUTHORS), "cait_m36_384": (86.1, _AUTHORS), "cait_m48_448": (86.5, _AUTHORS),
+}
+
+
 def _cait(name: str, image_size: int, embed_dim: int, depth: int, num_heads: int,
           init_values: float) -> VariantSpec:
+    top1, source = TOP1[name]
     return VariantSpec(
         name=name, family="cait",
         config=CaiTConfig(image_size=image_size, embed_dim=embed_dim, depth=depth,
@@ -62,6 +78,7 @@ def _cait(name: str, image_size: int, embed_dim: int, depth: int, num_heads: int
         paper="Touvron et al., Going deeper with Image Transformers, ICCV 2021 (arXiv:2103.17239)",
         license="apache-2.0", datasets=("imagenet-1k",),
         pretraining="ImageNet-1k (with distillation)", label_set="imagenet-1k",
+        published_top1=top1, published_top1_source=source,
     )
 
 

@@ -102,6 +102,14 @@ _IN1K = ("ImageNet-1k", ("imagenet-1k",))
 _IN22K = ("ImageNet-22k, fine-tuned on ImageNet-1k", ("imagenet-21k", "imagenet-1k"))
 
 
+# Published ImageNet-1k top-1 (%), from the authors' "Main results" tables (github.com/microsoft/CvT
+# README.md; the same tables are on each microsoft/cvt-* model card): ImageNet-1k pre-trained and
+# ImageNet-22k pre-trained, fine-tuned on ImageNet-1k.
+_TOP1_SOURCE = "authors' results (github.com/microsoft/CvT README.md, Main results)"
+TOP1 = {"cvt-13-224": 81.6, "cvt-13-384": 83.0, "cvt-13-384-22k": 83.3, "cvt-21-224": 82.5, "cvt-21-384": 83.3,
+        "cvt-21-384-22k": 84.9, "cvt-w24-384-22k": 87.6}
+
+
 def _cvt(name: str, architecture: str, image_size: int, hf_repo: str, pretraining: tuple) -> VariantSpec:
     return VariantSpec(
         name=name, family="cvt",
@@ -110,6 +118,7 @@ def _cvt(name: str, architecture: str, image_size: int, hf_repo: str, pretrainin
         paper="Wu et al., CvT: Introducing Convolutions to Vision Transformers, ICCV 2021 (arXiv:2103.15808)",
         license="apache-2.0 (Hugging Face model cards; Microsoft's original code is MIT)",
         pretraining=pretraining[0], datasets=pretraining[1], label_set="imagenet-1k",
+        published_top1=TOP1[name], published_top1_source=_TOP1_SOURCE,
     )
 
 
