@@ -239,5 +239,5 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(timm_facts, tmp_pa
             keras_shapes[spec.config] = {w.path: tuple(w.shape) for w in model.weights}
             del model
             keras.backend.clear_session()
-        plan = mapping.plan(shapes, keras_shapes[spec.config])
+        plan = mapping.for_config(spec.config).plan(shapes, keras_shapes[spec.config])
         assert len(plan) == len(shapes) == len(keras_shapes[spec.config]), spec.name
