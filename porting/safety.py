@@ -122,7 +122,8 @@ def owner_alive(owner: dict) -> bool:
 
 def _identity_text(**extra: str) -> str:
     me = process_identity(os.getpid()) or {"pid": os.getpid(), "start": None, "boot": None}
-    return json.dumps({**me, "host": platform.node(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
+    return json.dumps({**me, "host": platform.node(),
+                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
 
 
 def make_scratch(parent: Path | str, stem: str) -> Path:
