@@ -57,7 +57,7 @@ from porting.families.base import VariantSpec
 from porting.manifest import METADATA_NAME, is_port_folder, verify_manifest
 from porting.mapping import MappingFileError
 from porting.pipeline import DEFAULT_ARTIFACTS, TOOLKIT_VERSION, PortError, PortOptions, _replace_folder, port
-from porting.safety import make_scratch, remove_stale_scratch
+from porting.safety import FolderBusyError, FolderLock, make_scratch, remove_stale_scratch
 
 # What one port asks Ray for. Its processes run one after another, so its need is the largest of
 # them (plus this task's own process). Measured (benchmarks/results/*-x86_64-2cpu.json, "port"):
@@ -72,7 +72,7 @@ TASK_MEMORY = 0.5e9  # the task process: Ray's worker, the comparison of memory-
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 SCRATCH = "{variant}.collect"
 LOCAL_OBJECT_STORE = 128 * 2**20  # results are small dicts; the default takes 30 % of the memory
-USER_ERRORS = (PortError, MappingFileError, FamilyError)
+USER_ERRORS = (PortError, MappingFileError, FamilyError, FolderBusyError)
 # the local instance's token: one per process (Ray's token loader keeps the first it reads)
 _LOCAL_TOKEN = secrets.token_hex(32)
 
@@ -145,7 +145,9 @@ class OutputRoot:
         """Put a finished, verified folder in place: a rename, or a copy to a scratch name on the
         remote root, checked file by file, then a move (the old folder is moved aside first)."""
         if not self.remote:
-            _replace_folder(folder, Path(self.folder(variant)), force)
+            final = Path(self.folder(variant))
+            with FolderLock(final, f"vit-port collection {variant}"):  # not while a port or parity holds it
+                _replace_folder(folder, final, force)
             return
         fs, final = self.fs, self.folder(variant)
         if fs.exists(final):
