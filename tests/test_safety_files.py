@@ -221,6 +221,25 @@ def test_default_staging_folder_stays_beside_the_sentinel(copy, capsys):
     assert sorted(p.name for p in arts.iterdir()) == [".staging", NAME, SENTINEL]
 
 
+def test_collection_commands_beside_the_sentinel(copy, capsys, tmp_path):
+    """collection refuses to replace a folder made with other settings (here a depth-1 port) and
+    writes only its own collection files; publish-collection refuses a user's staging folder."""
+    arts = copy.parent
+    _sentinel(arts)
+    before = _tree(arts)
+    code, output = _main(capsys, "collection", "cait", "--variants", NAME, "--weights", "random", "--out", str(arts),
+                         "--no-progress")
+    assert code == 1 and "was made with other settings (architecture: depth differ" in output, output
+    changed = _changed(before, _tree(arts))
+    assert changed and all(rel.startswith("collections") for rel in changed), changed
+    user = _sentinel(tmp_path / "mine").parent
+    before = _tree(tmp_path)
+    code, output = _main(capsys, "publish-collection", "cait", "--target", "hf://vit-porting-tests", "--out",
+                         str(arts), "--stage-dir", str(user))
+    assert code == 2 and "holds files no publish-collection staged (sentinel.txt)" in error_line(output), output
+    assert _tree(tmp_path) == before
+
+
 # --- item 2: paths from metadata -------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry", ["../../victim.txt", "/tmp/victim.txt", "a/../../../victim.txt"])
