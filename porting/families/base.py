@@ -296,3 +296,17 @@ class Family:
     def rollout(self, spec: VariantSpec) -> Rollout | None:
         """The maps ``vit-port attention`` multiplies into attention rollout (None: it does not apply)."""
         return None
+
+
+class TimmFamily(Family):
+    """A family whose reference is a timm model published under ``timm/<pretrained tag>``: the
+    port's folder holds timm's own config.json, so timm opens it (and its Hub copy) by itself."""
+
+    def hub_repo(self, spec: VariantSpec) -> str | None:
+        return f"timm/{spec.pretrained_tag}" if spec.pretrained_tag else None
+
+    def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
+        return ReferenceSnippet(
+            title="PyTorch with timm (`model.safetensors`, `config.json`)", imports=("import timm",),
+            build=("model = timm.create_model(\"local-dir:.\", pretrained=True).eval()",),
+            call="model(x)", hub_line="model = timm.create_model(\"hf-hub:{repo}\", pretrained=True).eval()")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from porting.families.base import ClassAttention, Family, Perturbation, ReferenceSnippet, VariantSpec, timm_keywords
+from porting.families.base import ClassAttention, Perturbation, TimmFamily, VariantSpec, timm_keywords
 from porting.families.base import timm_model_args as changed_timm_args
 
 
@@ -96,17 +96,7 @@ VARIANTS = (
 )
 
 
-class CaiTFamily(Family):
-    def hub_repo(self, spec: VariantSpec) -> str | None:
-        return f"timm/{spec.pretrained_tag}" if spec.pretrained_tag else None
-
-    def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
-        # timm reads the folder's config.json (architecture, model_args, class names) and model.safetensors
-        return ReferenceSnippet(
-            title="PyTorch with timm (`model.safetensors`, `config.json`)", imports=("import timm",),
-            build=("model = timm.create_model(\"local-dir:.\", pretrained=True).eval()",),
-            call="model(x)", hub_line="model = timm.create_model(\"hf-hub:{repo}\", pretrained=True).eval()")
-
+class CaiTFamily(TimmFamily):
     def class_attention(self, spec: VariantSpec) -> ClassAttention:
         return ClassAttention(r"blocks_token_only_(\d+)_attn", title="class-attention blocks")
 
