@@ -121,7 +121,7 @@ def test_a_folder_it_did_not_make_is_never_replaced(first_run, tmp_path):
 def _kill_port_of(variant: str, killed: list, stop: threading.Event) -> None:
     """Kill the Ray task porting ``variant`` (and the worker process it started, as the worker's
     death signal does) as soon as its first worker runs."""
-    marker = f".{variant}.collect/"
+    marker = f".{variant}.collect-"
     while not stop.is_set():
         for proc in Path("/proc").iterdir():
             try:
