@@ -82,8 +82,11 @@ attention: $(STAMP)
 	$(PY) -m porting.cli attention $(VARIANT) $(IMAGE) $(if $(SOURCE),--source $(SOURCE)) \
 		$(if $(PNG),--png $(PNG)) $(ATTENTION_ARGS)
 
+# Two test processes (TEST_WORKERS=): most of a test's time is one process starting a framework
+# while the other core idles; a module's tests stay in one process, its fixtures made once
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu" --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
