@@ -463,7 +463,7 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
                 result = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the task's process died (killed, OOM, node lost)
                 result = {"status": "error", "error": f"the Ray task died: {one_line(str(exc))}"}
-                remove_stale_scratch(root.scratch_parent())  # the dead task's (on this machine)
+                _discard_dead_scratch(root.scratch_parent(), spec.name)
             entry = {"status": result["status"], "log": result.get("log")}
             if result.get("error"):
                 entry["error"] = result["error"]
@@ -483,6 +483,19 @@ def _run_tasks(todo: list[VariantSpec], facts: dict, options: CollectionOptions,
         raise
     finally:
         bar.close()
+
+
+def _discard_dead_scratch(parent: Path, variant: str, wait_s: float = 10.0) -> None:
+    """Remove a dead task's scratch folder (on this machine) once its process is gone: Ray reports
+    the death when the process has closed its connection, a moment before the kernel has finished
+    it, and a folder whose owner still shows as running is never removed."""
+    prefix = f".{SCRATCH.format(variant=variant)}-"
+    deadline = time.monotonic() + wait_s
+    while True:
+        remove_stale_scratch(parent)
+        if time.monotonic() > deadline or not any(p.name.startswith(prefix) for p in parent.glob(".*")):
+            return
+        time.sleep(0.2)
 
 
 def collection_from_reports(family: str, out: str, command: str | None = None,

@@ -197,7 +197,10 @@ def test_failing_writer_leaves_previous_folder(tmp_path, previous, monkeypatch):
 
 def test_sigint_mid_port_leaves_previous_folder(tmp_path, previous):
     proc = subprocess.Popen([sys.executable, "-m", "porting.cli", "port", "cait_xxs24_224", "--weights", "random",
-                             "--force", "--out", str(previous.parent)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--force", "--out", str(previous.parent)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a test process may ignore SIGINT (pytest-xdist's workers do),
+                            # and Python keeps an inherited SIG_IGN
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".") for p in previous.parent.iterdir()):
         time.sleep(0.05)
