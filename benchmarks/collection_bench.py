@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench import machine_name  # noqa: E402
 from porting.collection import CollectionOptions, resolve_variants, run_collection  # noqa: E402
 from porting.pipeline import PortOptions, port  # noqa: E402
+from porting.safety import write_text_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "collections"
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         smallest = sorted(specs, key=lambda s: collection["variants"][s.name]["facts"]["weight_bytes"])[:args.compare]
         bench["ray_vs_sequential"] = compare(smallest, out / "compare")
     result = ROOT / "benchmarks" / "results" / f"collection-{args.family}-{machine_name()}.json"
-    result.write_text(json.dumps({**collection, "bench": bench}, indent=1) + "\n")
+    write_text_atomic(result, json.dumps({**collection, "bench": bench}, indent=1) + "\n")
     for name, e in collection["variants"].items():
         task = e.get("task") or {}
         asked = task.get("resources", {}).get("memory", 0) / 1e9
