@@ -251,7 +251,9 @@ def _check_port(report: dict, spec, batch: int) -> dict[str, dict]:
     return outputs
 
 
-@pytest.mark.parametrize("name, exports", [("cvt-13-224", True), ("cvt-13-384", False)])
+# every export of a CvT runs at reduced depth in test_publish.py (cvt_ported); the full-depth one is slow
+@pytest.mark.parametrize("name, exports", [pytest.param("cvt-13-224", True, marks=pytest.mark.slow),
+                                           ("cvt-13-384", False)])
 def test_full_cvt13_port_matches_transformers(name, exports, tmp_path):
     """Full-depth CvT-13; at 224 px with every export (SavedModel, .keras, ONNX) and its runtime."""
     spec = get_variant(name)
