@@ -165,9 +165,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     device, in one worker process), the published weights' tag and whether they are cached."""
     import tempfile
 
-    variants = dict(sorted(all_variants().items()))
-    if args.family_name:
-        variants = {k: v for k, v in variants.items() if v.family == args.family_name}
+    chosen = get_family(args.family_name).variant_map() if args.family_name else all_variants()
+    variants = dict(sorted(chosen.items()))
     with tempfile.TemporaryDirectory() as work:
         specs = [s.to_dict() for s in variants.values()]
         counts = run_worker("parity.run_torch", {"job": "state_shapes", "specs": specs}, Path(work))["parameters"]

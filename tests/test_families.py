@@ -125,6 +125,8 @@ def test_a_test_family_ports_through_every_command(toy_port):
 
     listing = _cli("list", "--family", TOY)
     assert listing.returncode == 0 and re.search(r"^toy_tiny +Toy ViT +32 +0\.0M +no", listing.stdout, re.M)
+    only = _cli("list", "--family", TOY, "--only", "toy", "--json")
+    assert only.returncode == 0 and [r["variant"] for r in json.loads(only.stdout)] == ["toy_tiny"], only.stderr
 
     recheck = _cli("parity", "toy_tiny", "--out", str(toy_port / "artifacts"), "--family", TOY)
     assert recheck.returncode == 0, recheck.stderr[-3000:]
