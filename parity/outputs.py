@@ -149,7 +149,8 @@ def static_shapes(shapes: Mapping[str, tuple | list]) -> dict[str, tuple[int, ..
 
 def run_on_inputs(run: RunFn, inputs_path: Path | str, head: str, store: OutputStore,
                   shapes: Mapping[str, tuple[int, ...]] | None = None,
-                  budget_mb: float = DEFAULT_BUDGET_MB, streams: bool = False, split_outputs: bool = True) -> dict:
+                  budget_mb: float = DEFAULT_BUDGET_MB, streams: bool = False, split_outputs: bool = True,
+                  one_image: bool = False) -> dict:
     """Every output of ``run`` on the seeded random batch, and ``photos:<head>`` on the
     photographs, written into ``store``; returns how the calls were split.
 
@@ -158,6 +159,8 @@ def run_on_inputs(run: RunFn, inputs_path: Path | str, head: str, store: OutputS
     Without ``shapes`` (per image) the random batch is one call for every output. A runtime
     that ``streams`` (``run(images, None, sink=...)`` hands each output to the sink as it is
     computed, keeping nothing: PyTorch's forward hooks) needs no groups: one call per image.
+    ``one_image``: one image per call even where the outputs fit the budget, for a graph whose
+    intermediates are as large as another graph's outputs that did not (ONNX's logits-only file).
     """
     with np.load(inputs_path) as data:
         images = data["images"]
@@ -165,6 +168,8 @@ def run_on_inputs(run: RunFn, inputs_path: Path | str, head: str, store: OutputS
     batch = len(images)
     plan = (plan_calls(shapes, batch, int(budget_mb * 2**20), split_outputs=split_outputs) if shapes is not None
             else [(None, False)])
+    if one_image:
+        plan = [(names, True) for names, _ in plan]
     per_image = any(one for _, one in plan)
     if per_image and streams:
         plan = [(None, True)]  # every output in one call per image, each written as it is computed

@@ -150,6 +150,12 @@ def test_run_on_inputs_splits_calls_and_writes_the_same_outputs(tmp_path):
         assert a[key].tobytes() == b[key].tobytes(), key
     stored = read_outputs(tmp_path / "split")
     assert isinstance(stored["blocks_3_attn"], np.memmap) and stored["blocks_3_attn"].shape == (3, 4, 4, 4)
+    # a logits-only graph after its attention twin was split: the same one image per call
+    calls.clear()
+    head_only = run_on_inputs(lambda x, names=None: {"logits": run(x, ["logits"])["logits"]}, tmp_path / "inputs.npz",
+                              "logits", OutputStore(tmp_path / "head"), {"logits": (3,)}, one_image=True)
+    assert head_only["per_image"] is True and calls == [(1, ("logits",))] * 5
+    assert load_outputs(tmp_path / "head")["logits"].tobytes() == a["logits"].tobytes()
 
 
 def test_store_refuses_a_slice_of_another_shape(tmp_path):
