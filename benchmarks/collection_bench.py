@@ -3,6 +3,7 @@ one after another, on the smallest variants.
 
     make collection-bench FAMILY=<family> [COMPARE=4]
     .venv/bin/python -m benchmarks.collection_bench FAMILY [--compare 4]
+    .venv/bin/python -m benchmarks.collection_bench FAMILY --remeasure A,B --why "what changed"
 
 Ports every variant of the family with random weights through ``vit-port collection`` (local Ray,
 ``--force``: every variant is ported) into benchmarks/.work/collections/, then, with ``--compare
@@ -31,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench import machine_name  # noqa: E402
 from porting.collection import CollectionOptions, resolve_variants, run_collection  # noqa: E402
+from porting.collection_report import build_collection  # noqa: E402
 from porting.pipeline import PortOptions, port  # noqa: E402
 from porting.safety import write_text_atomic  # noqa: E402
 
@@ -71,20 +73,46 @@ def compare(specs: list, out: Path) -> dict:
             "speedup": round(sequential["wall_s"] / on_ray["wall_s"], 2)}
 
 
+def remeasure(family: str, names: list[str], why: str, result: Path, out: Path) -> int:
+    """Replace some variants' entries of a committed result by a new collection run of them; the
+    result says which, when and why (``bench.remeasured``), and its summary is counted again."""
+    if not why:
+        raise SystemExit("--remeasure needs --why (what changed since the committed measurement)")
+    previous = json.loads(result.read_text())
+    collection, run = _collection(resolve_variants(family, names), out,
+                                  f"benchmarks.collection_bench {family} --remeasure {','.join(names)}")
+    for name in names:
+        previous["variants"][name] = collection["variants"][name]
+    previous["bench"].setdefault("remeasured", []).append({**run, "variants": names, "why": why})
+    entries = list(previous["variants"].values())
+    previous["summary"] = build_collection(family, entries)["summary"]
+    write_text_atomic(result, json.dumps(previous, indent=1) + "\n")
+    for name in names:
+        e = collection["variants"][name]
+        print(f"{name}: {e.get('verdict') or e.get('error')}, peak {e.get('peak_rss_mb') or 0:.0f} MB; wrote {result}")
+    return 0 if all(collection["variants"][n].get("verdict") == "passed" for n in names) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family")
     parser.add_argument("--compare", type=int, default=0, help="also compare Ray with sequential ports on the "
                                                                 "N smallest variants (default 0: no comparison)")
+    parser.add_argument("--remeasure", default=None, metavar="A,B",
+                        help="port only these variants again (after a fix) and replace their entries in the "
+                             "committed result, keeping the rest; --why says what changed")
+    parser.add_argument("--why", default="", help="with --remeasure: why the entries were measured again")
     args = parser.parse_args(argv)
-    specs = resolve_variants(args.family, None)
     out = WORK / args.family
+    result = ROOT / "benchmarks" / "results" / f"collection-{args.family}-{machine_name()}.json"
+    if args.remeasure:
+        return remeasure(args.family, args.remeasure.split(","), args.why, result, out / "remeasured")
+    specs = resolve_variants(args.family, None)
     collection, whole = _collection(specs, out / "all", f"benchmarks.collection_bench {args.family}")
     bench: dict = {"machine": machine_name(), "cpu_count": os.cpu_count(), "collection": whole}
     if args.compare:
         smallest = sorted(specs, key=lambda s: collection["variants"][s.name]["facts"]["weight_bytes"])[:args.compare]
         bench["ray_vs_sequential"] = compare(smallest, out / "compare")
-    result = ROOT / "benchmarks" / "results" / f"collection-{args.family}-{machine_name()}.json"
     write_text_atomic(result, json.dumps({**collection, "bench": bench}, indent=1) + "\n")
     for name, e in collection["variants"].items():
         task = e.get("task") or {}
