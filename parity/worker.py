@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from porting.safety import ENVIRONMENT_ERRNOS, describe_os_error
+from porting.safety import ENVIRONMENT_ERRNOS, describe_os_error, write_text_atomic
 
 USER_ERROR_EXIT = 2
 PARENT_ENV = "VIT_PORTING_PARENT_PID"  # set by run_worker: the process this worker must not outlive
@@ -83,7 +83,7 @@ def _refuse(result_path: Path, message: str) -> None:
     """Report a user error and exit; on a disk too full for the result, stderr's last line says it."""
     print(message, file=sys.stderr)
     try:
-        result_path.write_text(json.dumps({"ok": False, "error": message, "user_error": True}))
+        write_text_atomic(result_path, json.dumps({"ok": False, "error": message, "user_error": True}))
     except OSError:
         pass
     sys.exit(USER_ERROR_EXIT)
@@ -108,7 +108,7 @@ def worker_main(jobs: dict[str, Callable[[dict], dict]], user_errors: tuple[type
         # a full disk's write() names no file: the job's output does
         _refuse(result_path, describe_os_error(exc, job.get("out") or job.get("outputs")))
     result.update(ok=True, seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
-    result_path.write_text(json.dumps(result, indent=1, default=str))
+    write_text_atomic(result_path, json.dumps(result, indent=1, default=str))
 
 
 def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None) -> dict:
@@ -124,7 +124,10 @@ def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None) 
     proc = subprocess.run([sys.executable, "-m", module, str(job_path)], env=full_env,
                           stderr=subprocess.PIPE, text=True, preexec_fn=_arm_parent_death())
     result_path = Path(job["result"])
-    result = json.loads(result_path.read_text()) if result_path.exists() else None
+    try:  # written under a temporary name: present means complete (an older worker's may be torn)
+        result = json.loads(result_path.read_text())
+    except (FileNotFoundError, ValueError):
+        result = None
     if proc.returncode != 0 or not result or not result.get("ok"):
         if result and result.get("error"):
             raise WorkerError(module, job["job"], result["error"], bool(result.get("user_error")))

@@ -116,6 +116,18 @@ def test_worker_full_disk_is_a_user_error_naming_the_output(tmp_path):
     assert result == {"ok": False, "error": "/data/x.onnx: No space left on device", "user_error": True}
 
 
+def test_a_torn_result_file_is_the_workers_own_error(tmp_path):
+    """A full disk can leave a worker's result file empty (created, never written): the parent
+    reports the worker's last stderr line, not a JSONDecodeError (the CaiT collection run lost
+    cait_m36_384 and cait_m48_448 that way before results were written under a temporary name)."""
+    (tmp_path / "torn_worker.py").write_text(
+        "import json, sys\njob = json.load(open(sys.argv[1]))\nopen(job['result'], 'w').close()\n"
+        f"print('/data/out: No space left on device', file=sys.stderr)\nsys.exit({worker.USER_ERROR_EXIT})\n")
+    with pytest.raises(worker.WorkerError) as info:
+        worker.run_worker("torn_worker", {"job": "run"}, tmp_path / "work", env={"PYTHONPATH": str(tmp_path)})
+    assert info.value.message == "/data/out: No space left on device" and info.value.user_error
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda tmp: tmp.joinpath("a-file").write_text("x") and tmp / "a-file", "is a file, not a folder"),
     (lambda tmp: tmp.joinpath("a-file").write_text("x") and tmp / "a-file" / "sub", "cannot create"),
