@@ -393,11 +393,7 @@ def run_collection(specs: list[VariantSpec], options: CollectionOptions) -> dict
                                   "error": f"{options.out.rstrip('/')}/{spec.name} {why}; --force replaces it"}
         else:
             todo.append(spec)
-    work = Path(tempfile.mkdtemp(prefix="vit-port-facts-"))
-    try:
-        facts = model_facts(specs, work, previous)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    facts = _model_facts(specs, previous)
     engine: dict = {"name": "ray", "started": False, "why": "every variant was skipped or refused"}
     if todo:
         log(f"{family}: {len(todo)} to port, {len(specs) - len(todo)} skipped or refused; starting Ray")
@@ -498,6 +494,12 @@ def _discard_dead_scratch(parent: Path, variant: str, wait_s: float = 10.0) -> N
         time.sleep(0.2)
 
 
+def _model_facts(specs: list[VariantSpec], previous: dict) -> dict[str, dict]:
+    """``model_facts`` with its worker's files in a temporary folder of this call's own."""
+    with tempfile.TemporaryDirectory(prefix="vit-port-facts-") as work:
+        return model_facts(specs, Path(work), previous)
+
+
 def collection_from_reports(family: str, out: str, command: str | None = None,
                             specs: list[VariantSpec] | None = None) -> dict:
     """collection.json and the card of ``family`` from whatever folders are under ``out``, without
@@ -505,11 +507,7 @@ def collection_from_reports(family: str, out: str, command: str | None = None,
     or folders made one ``vit-port port`` at a time. A variant without a report is an error."""
     root = OutputRoot(out if "://" in out else str(Path(out).resolve()))
     specs = specs or resolve_variants(family, None)
-    work = Path(tempfile.mkdtemp(prefix="vit-port-facts-"))
-    try:
-        facts = model_facts(specs, work, previous_collection(root.fs, root.path, family))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    facts = _model_facts(specs, previous_collection(root.fs, root.path, family))
     records = []
     for spec in specs:
         folder = root.folder(spec.name)
