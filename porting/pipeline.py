@@ -487,8 +487,10 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
     work.mkdir()
     extra_backends = len([b for b in options.backends if b != "tensorflow"])
     # source, convert, reference, round trip, compare; with exports ONNX, its serving graph, keras_compiled,
-    # keras_file, savedmodel, onnxruntime (and the variants' steps, counted when they are known)
-    steps = _Steps(5 + (6 + extra_backends if options.exports else 0), log)
+    # keras_file, savedmodel, onnxruntime; with reduced precision, writing and running the ONNX variants
+    # and the LiteRT files
+    variant_steps = 4 if options.reduced_precision else 0
+    steps = _Steps(5 + (6 + extra_backends + variant_steps if options.exports else 0), log)
     log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
     inputs = work / "inputs.npz"
     described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
@@ -531,7 +533,6 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
         log(f"      model.onnx: {serving['graph']} graph ({serving['chosen_by'].split(',')[0]})")
         written = {}
         if options.reduced_precision:
-            steps.total += 4  # writing and running the ONNX variants, and the LiteRT files
             written.update(steps.run("writing model_int8.onnx, model_fp16.onnx (ONNX Runtime)", lambda: run_worker(
                 "parity.run_onnx", {"job": "write_variants", "folder": str(tmp), "source": graphs[serving["standard"]]},
                 work))["variants"])
