@@ -26,6 +26,7 @@ port: $(STAMP)
 	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
 		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) \
 		$(if $(BACKENDS),--backends $(BACKENDS)) $(if $(OUTPUT_BUDGET_MB),--output-budget-mb $(OUTPUT_BUDGET_MB)) \
+		$(if $(filter 1 yes true,$(REDUCED)),--reduced-precision) $(if $(SERVING),--serving-graph $(SERVING)) \
 		$(PORT_ARGS)
 
 parity: $(STAMP)

@@ -87,6 +87,43 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
     return results
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How a reduced-precision head output agrees with the fp32 reference's: top-1 and top-5
+    agreement, max and mean |Δ| of the softmax probabilities, and the fp32 parity metric
+    (max |Δ| / max |reference|) for comparison with the fp32 tolerance. Logits only: a
+    feature extractor's features have no classes, so only the parity metric is given."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if cand.shape != ref.shape or not np.isfinite(cand).all():
+        return {"count": int(ref.shape[0]), "valid": False}
+    result = {"count": int(ref.shape[0]), "valid": True,
+              "max_normalized_diff": float(np.abs(cand - ref).max() / (np.abs(ref).max() or 1.0))}
+    if ref.ndim == 2 and ref.shape[-1] > 1:
+        k = min(5, ref.shape[-1])
+        delta = np.abs(_softmax(cand) - _softmax(ref))
+        result.update(top1_agreement=float((ref.argmax(-1) == cand.argmax(-1)).mean()),
+                      top5_agreement=float(np.mean([set(a) == set(b) for a, b in
+                                                    zip(_topk(ref, k), _topk(cand, k), strict=True)])),
+                      prob_max_abs_diff=float(delta.max()), prob_mean_abs_diff=float(delta.mean()))
+    return result
+
+
+def meets_floor(row: dict, floor: dict) -> bool:
+    """Whether a variant's agreement reaches every bound of ``floor`` ({"photos": {"top1_agreement": 0.99}}:
+    a measure of one input set at least this); a measure it lacks fails."""
+    for inputs, bounds in floor.items():
+        measured = row.get(inputs) or {}
+        for measure, bound in bounds.items():
+            if measured.get(measure) is None or measured[measure] < bound:
+                return False
+    return True
+
+
 def first_divergent_block(comparisons: list[OutputComparison], order: list[str]) -> str | None:
     """The block of the earliest per-block output (attention map or block output, in model
     order) that is out of tolerance: the blocks after it fail because their input is wrong.

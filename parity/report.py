@@ -68,6 +68,47 @@ def _runtime_legend(report: dict) -> list[str]:
     return lines
 
 
+def _timing_text(timing: dict | None) -> str:
+    """'batch 1: a 12.3 ms, b 10.1 ms; batch 8: ...' from a ``parity.timing.choose_fastest`` record."""
+    if not timing:
+        return ""
+    return "; ".join(f"batch {batch}: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in row.items())
+                     for batch, row in timing["median_ms"].items())
+
+
+def serving_lines(exports: dict) -> list[str]:
+    """How the serving graphs of the SavedModel and of model.onnx were chosen, with the times measured."""
+    lines = []
+    serving = (exports.get("saved_model") or {}).get("serving")
+    if serving:
+        timing = _timing_text(serving.get("timing"))
+        lines.append(f"- `serving_default` and `features` run as **{serving['graph']}** ({serving['chosen_by']}"
+                     + (f"; median of {serving['timing']['repeats']} alternated calls: {timing}" if timing else "")
+                     + (f"; {serving['xla_error']}" if serving.get("xla_error") else "")
+                     + "); `attention` is the plain graph.")
+    onnx = (exports.get("onnx") or {}).get("serving")
+    if onnx:
+        tried = []
+        for name, c in onnx["candidates"].items():
+            if "skipped" in c:
+                tried.append(f"{name} (not made: {c['skipped']})")
+            elif "parity" in c:
+                extra = ", ".join([*(f"{k} x{v}" for k, v in (c.get("rewrites") or {}).items()),
+                                   *(f"{k} x{v}" for k, v in (c.get("fusions") or {}).items())])
+                tried.append(f"{name} ({c['nodes']} nodes{', ' + extra if extra else ''}; logits "
+                             f"{fmt_float(c['parity']['max_normalized_diff'])} normalised, "
+                             f"{'within' if c['parity']['passed'] else 'OUTSIDE'} the fp32 tolerance)")
+            else:
+                tried.append(f"{name} (checker: {c.get('checker')})")
+        contrib = onnx.get("non_standard_ops") or {}
+        lines.append(f"- `model.onnx` is the **{onnx['graph']}** graph ({onnx['chosen_by']}; "
+                     f"{_timing_text(onnx.get('timing'))}). Candidates: {'; '.join(tried)}."
+                     + (f" It uses ONNX Runtime contrib ops ({', '.join(contrib)}): any ONNX Runtime loads it and "
+                        "onnx.checker passes it, other ONNX runtimes may not run it; `model_attention.onnx` is "
+                        "standard ONNX." if contrib else ""))
+    return lines
+
+
 def _exports_section(report: dict) -> list[str]:
     exports = report.get("exports")
     if not exports:
@@ -82,9 +123,43 @@ def _exports_section(report: dict) -> list[str]:
         lines.append(f"- `model.keras`: {exports['keras']['bytes'] / 1e6:.1f} MB.")
     onnx = exports.get("onnx")
     if onnx:
-        lines.append(f"- `model.onnx` (torch.onnx dynamo from model.safetensors): opset {onnx['opset']}, "
+        lines.append(f"- `model_attention.onnx` (torch.onnx dynamo from model.safetensors): opset {onnx['opset']}, "
                      f"{onnx['nodes']} nodes, {onnx['bytes'] / 1e6:.1f} MB"
                      + (", external data" if onnx.get("external_data") else "") + ".")
+    lines += serving_lines(exports)
+    for name, v in (exports.get("variants") or {}).items():
+        lines.append(f"- `{v['file']}` ({name}): {v['method']}.")
+    return lines
+
+
+def variants_table(report: dict) -> list[str]:
+    """The reduced-precision and LiteRT variants: agreement with the fp32 reference, not parity."""
+    rows = report.get("variants")
+    if not rows:
+        return []
+    lines = ["| variant | file | top-1 (seeded) | top-5 (seeded) | top-1 (photos) | top-5 (photos) "
+             "| probabilities max abs Δ | probabilities mean abs Δ | logits normalised | publish floor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeded, photos = r["random"], r.get("photos") or {}
+        worst = max((m.get("prob_max_abs_diff") or 0.0) for m in (seeded, photos) if m)
+        mean = max((m.get("prob_mean_abs_diff") or 0.0) for m in (seeded, photos) if m)
+        normalised = max(m.get("max_normalized_diff", float("inf")) for m in (seeded, photos) if m)
+        lines.append(f"| {r['variant']} | `{r['file']}` | {fmt_share(seeded.get('top1_agreement'))} "
+                     f"| {fmt_share(seeded.get('top5_agreement'))} | {fmt_share(photos.get('top1_agreement'))} "
+                     f"| {fmt_share(photos.get('top5_agreement'))} | {fmt_float(worst)} | {fmt_float(mean)} "
+                     f"| {fmt_float(normalised)}{' (within fp32 tolerance)' if r['within_fp32_tolerance'] else ''} "
+                     f"| {'met' if r['meets_publish_floor'] else '**below**'} |")
+    floor = ", ".join(f"{measure.replace('_', ' ')} on the {inputs} ≥ {bound:.0%}"
+                      for inputs, bounds in (rows[0].get("publish_floor") or {}).items()
+                      for measure, bound in bounds.items())
+    lines += ["", f"Agreement with the PyTorch fp32 reference's `{rows[0]['head_output']}` on the same inputs; "
+              "|Δ| of the softmax probabilities (the worse of the seeded batch and the photographs). These files "
+              f"are extras beside the fp32 artifacts and do not decide the verdict. Publish floor: {floor or 'none'}"
+              " (a variant below it on a port of trained weights is not published)."]
+    if report.get("random_weights"):
+        lines.append("With random weights the class scores are near ties: agreement on them says little about "
+                     "a trained model's accuracy.")
     return lines
 
 
@@ -139,6 +214,8 @@ def render_markdown(report: dict) -> str:
         lines += ["| output | max abs | normalised | tolerance |", "|---|---|---|---|"]
         lines += [f"| {o['output']} | {fmt_float(o['max_abs_diff'])} | {fmt_float(o['max_normalized_diff'])} "
                   f"| {fmt_float(o['tolerance'])} |" for o in r["outputs"] if not o["passed"]][:40]
+    if report.get("variants"):
+        lines += ["", "## Reduced-precision and LiteRT variants (agreement, not parity)", "", *variants_table(report)]
     lines += _exports_section(report) + _steps_section(report)
     if report.get("roundtrip"):
         rt = report["roundtrip"]

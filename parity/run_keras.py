@@ -62,7 +62,8 @@ def job_convert(job: dict) -> dict:
         from porting.export import write_saved_model
 
         t = time.perf_counter()
-        exports["saved_model"] = write_saved_model(model, job["saved_model_out"], get_family(spec.family).keras_heads)
+        exports["saved_model"] = write_saved_model(model, job["saved_model_out"], get_family(spec.family).keras_heads,
+                                                   serving=job.get("serving", "auto"))
         timings["write_saved_model"] = time.perf_counter() - t
     if job.get("keras_out"):
         from porting.export import write_keras_file

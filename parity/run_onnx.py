@@ -1,6 +1,8 @@
 """ONNX Runtime worker: check ``model.onnx`` and ``model_attention.onnx`` and run them on one
 execution provider: every output from the attention file, then the head output again from
-``model.onnx``, which serving users load, written over the first.
+``model.onnx``, which serving users load, written over the first. Also makes and runs the candidate
+serving graphs of ``model.onnx`` (``optimise``) and the reduced-precision variants (``variants``),
+``porting/export_ort.py``.
 
 ``python -m parity.run_onnx JOB.json``; imports onnx and onnxruntime only.
 """
@@ -62,6 +64,94 @@ def _runner(session):
     return run, {o.name: o.shape for o in session.get_outputs()}
 
 
+def _serving_session(path: str, external: bool):
+    """A session as a serving user opens one (ONNX Runtime's defaults), but without pre-packed weights
+    for a model whose weights are external data: those are the large ones, where the copy would count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if external:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _head_runner(session):
+    """``run(images, names)`` of a logits-only session, and its per-image output shapes."""
+    run, shapes = _runner(session)
+    return (lambda images, _names=None: run(images)), static_shapes(shapes)
+
+
+def job_optimise(job: dict) -> dict:
+    """The candidate serving graphs of ``model.onnx`` (``porting.export_ort.write_graphs``), each
+    checked and loaded in a plain session, timed against each other at batch 1 and 8, and run on the
+    parity inputs (head output and photographs) into ``outputs/<graph>``, for the port to choose from."""
+    import onnx
+
+    from parity.timing import choose_fastest
+    from porting.export_ort import GRAPH_MARGIN, non_standard_ops, uses_external_data, write_graphs
+
+    graphs = write_graphs(job["folder"], job["model"])
+    external = uses_external_data(onnx.load(job["model"], load_external_data=False))
+    sessions = {}
+    for name, graph in graphs.items():
+        if "path" not in graph:
+            continue
+        try:
+            graph["checker"] = describe(graph["path"])["checker"]
+        except onnx.checker.ValidationError as exc:  # not a candidate: model.onnx must pass the checker
+            graph["checker"] = f"failed: {str(exc).strip().splitlines()[0][:300]}"
+            continue
+        graph["non_standard_ops"] = non_standard_ops(onnx.load(graph["path"], load_external_data=False))
+        sessions[name] = _serving_session(graph["path"], external)
+    first = next(iter(sessions.values()))
+    input_name = first.get_inputs()[0].name
+    shape = first.get_inputs()[0].shape[1:]
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((b, *shape)).astype(np.float32) for b in (1, 8)]
+    fns = {name: (lambda x, s=s: s.run(None, {input_name: x})) for name, s in sessions.items()}
+    timing = choose_fastest(fns, batches, margin=GRAPH_MARGIN)
+    head = first.get_outputs()[0].name
+    for name, session in sessions.items():
+        run, shapes = _head_runner(session)
+        run_on_inputs(run, job["inputs"], head, OutputStore(f"{job['outputs']}/{name}"), shapes,
+                      job.get("budget_mb", DEFAULT_BUDGET_MB))
+    return {"graphs": graphs, "timing": timing, "head": head}
+
+
+def job_write_variants(job: dict) -> dict:
+    """The reduced-precision variants of ``source`` (the fp32 serving graph in standard ops) written into
+    ``folder`` (``porting.export_ort.VARIANT_FILES``); what each is."""
+    import onnx
+
+    from porting.export_ort import VARIANT_FILES, non_standard_ops, write_fp16, write_int8
+
+    writers = {"onnx_int8": write_int8, "onnx_fp16": write_fp16}
+    made = {}
+    for name, file in VARIANT_FILES.items():
+        path = f"{job['folder']}/{file}"
+        info = writers[name](job["source"], path)
+        model = onnx.load(path, load_external_data=False)
+        made[name] = {**info, "file": file, "checker": describe(path)["checker"], "nodes": len(model.graph.node),
+                      "non_standard_ops": non_standard_ops(model)}
+    return {"variants": made}
+
+
+def job_variants(job: dict) -> dict:
+    """Each of ``files`` ({variant: path}) loaded in a plain session (ONNX Runtime's defaults) and run
+    on the parity inputs (head output and photographs) into ``outputs/<variant>``."""
+    import onnxruntime as ort
+
+    info = {}
+    for name, path in job["files"].items():
+        session = _serving_session(path, external=False)
+        run, shapes = _head_runner(session)
+        run_on_inputs(run, job["inputs"], session.get_outputs()[0].name, OutputStore(f"{job['outputs']}/{name}"),
+                      shapes, job.get("budget_mb", DEFAULT_BUDGET_MB))
+        info[name] = {"runtime": f"onnxruntime {ort.__version__}", "provider": session.get_providers()[0]}
+        del session, run
+    return {"variants": info}
+
+
 def job_run(job: dict) -> dict:
     import onnxruntime as ort
 
@@ -88,7 +178,8 @@ def job_run(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"run": job_run}, (ProviderUnavailable,), argv)
+    worker_main({"run": job_run, "optimise": job_optimise, "write_variants": job_write_variants,
+                 "variants": job_variants}, (ProviderUnavailable,), argv)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 
 from parity.images import resolve_preprocessing
-from parity.report import fmt_float, fmt_share
+from parity.report import fmt_float, fmt_share, serving_lines, variants_table
 from porting.families import get_family
 from porting.families.base import VariantSpec
-from porting.layout import FORMATS, SAFETENSORS_FILE, Format
+from porting.layout import FORMATS, SAFETENSORS_FILE, Format, withheld_files
 from porting.manifest import (
     EVAL_DIR,
     MANIFEST_NAME,
@@ -52,15 +52,24 @@ def _is_random(report: dict, origin: dict, manifest: dict | None) -> bool:
                 or ((manifest or {}).get("origin") or {}).get("random_weights"))
 
 
-def front_matter(record: PortRecord, random: bool, fmt: Format | None = None, evaluation: dict | None = None) -> dict:
+def forms_present(report: dict) -> list[Format]:
+    """The forms a port has: every fp32 form, and LiteRT where it wrote (and may publish) LiteRT files."""
+    withheld = withheld_files(report)
+    litert = {row["file"] for row in report.get("variants") or []
+              if row["file"] in FORMATS["litert"].files and row["file"] not in withheld}
+    return [f for key, f in FORMATS.items() if key != "litert" or litert]
+
+
+def front_matter(record: PortRecord, random: bool, fmt: Format | None = None, evaluation: dict | None = None,
+                 forms: list[Format] | None = None) -> dict:
     """The Hub's metadata. ``library_name`` names only a loader the tests run on what is published:
     Keras for the Keras form, the reference library (timm) for the PyTorch form where the family
-    writes its config; ``tags`` likewise."""
+    writes its config; ``tags`` likewise (of ``fmt``, else of ``forms``: by default every fp32 form)."""
     spec, origin = record.spec, record.origin
     head = spec.config.num_classes > 0
     family = get_family(spec.family)
     pipeline = "image-classification" if head else "image-feature-extraction"
-    forms = [fmt] if fmt else list(FORMATS.values())
+    forms = [fmt] if fmt else (forms or [f for key, f in FORMATS.items() if key != "litert"])
     library = {"keras": "keras", "pytorch": family.library_tag or None}.get(fmt.key) if fmt else "keras"
     meta = {**({"library_name": library} if library else {}), "pipeline_tag": pipeline, "license": hub_license(spec),
             "tags": [pipeline, "vision-transformer", spec.family, *(t for f in forms for t in f.tags),
@@ -81,7 +90,8 @@ def front_matter(record: PortRecord, random: bool, fmt: Format | None = None, ev
 
 
 # the eval runtime whose scores a form's card reports (eval/eval.json)
-_EVAL_RUNTIME = {"keras": "keras", "savedmodel": "savedmodel", "onnx": "onnxruntime", "pytorch": "pytorch"}
+_EVAL_RUNTIME = {"keras": "keras", "savedmodel": "savedmodel", "onnx": "onnxruntime", "pytorch": "pytorch",
+                 "litert": "litert"}
 
 
 def model_index(spec: VariantSpec, evaluation: dict, fmt: Format | None) -> list[dict]:
@@ -208,12 +218,13 @@ def preprocessing_snippet(spec: VariantSpec) -> str:
     ])
 
 
-def snippets(record: PortRecord, fmt: Format | None = None,
-             repos: dict[str, str] | None = None) -> list[tuple[str, str]]:
+def snippets(record: PortRecord, fmt: Format | None = None, repos: dict[str, str] | None = None,
+             present: list[Format] | None = None) -> list[tuple[str, str]]:
     """Usage snippets, [(title, code)]: preprocessing, then each form's (only ``fmt``'s on the card
     of a published form). Each runs as written in the folder holding that form's files (the
     tests run every one); ``repos`` (form -> hf://... or kaggle://...) adds the one-liner that
-    loads straight from there as a comment."""
+    loads straight from there as a comment. ``present``: the port's forms (``forms_present``); LiteRT's
+    snippet only where it has LiteRT files."""
     spec = record.spec
     family = get_family(spec.family)
     head = spec.head_name
@@ -252,6 +263,14 @@ def snippets(record: PortRecord, fmt: Format | None = None,
         f"({head},) = session.run([\"{head}\"], {{\"images\": images}})",
         *_print_result(head, record),
         "print(\"input:\", meta[\"layout\"], json.loads(meta[\"input_size\"]), \"mean\", json.loads(meta[\"mean\"]))"])
+    if any(f.key == "litert" for f in (present or [])) or (fmt and fmt.key == "litert"):
+        forms["litert"] = ("LiteRT (`model.tflite`; `model_fp16.tflite` and `model_int8.tflite` alike)", [
+            *_imports(record, "import numpy as np", "from ai_edge_litert.interpreter import Interpreter"), "",
+            *_example_input(spec),
+            "interpreter = Interpreter(model_path=\"model.tflite\")  # pip install ai-edge-litert; no TensorFlow",
+            "runner = interpreter.get_signature_runner(\"serving_default\")  # resizes the batch to the input's",
+            f"{head} = runner(images=images)[\"{head}\"]",
+            *_print_result(head, record)])
     reference = family.reference_snippet(spec)
     if reference is not None:
         hub = ([f"# straight from the Hub: {reference.hub_line.format(repo=remote['pytorch'])}"]
@@ -291,13 +310,30 @@ def _forms_lines(fmt: Format, repos: dict[str, str]) -> list[str]:
     """Where each published form of the port is; every one was checked in the parity table."""
     lines = ["| form | where | loads with |", "|---|---|---|"]
     loaders = {"keras": "`keras.saving.load_model`", "savedmodel": "`tf.saved_model.load`, `keras.layers.TFSMLayer`",
-               "onnx": "ONNX Runtime", "pytorch": "the reference library (see its card)"}
+               "onnx": "ONNX Runtime", "pytorch": "the reference library (see its card)",
+               "litert": "`ai_edge_litert.interpreter.Interpreter`"}
     for key, url in repos.items():
         here = " (this repository)" if key == fmt.key else ""
         link = (f"[{url[len('hf://'):]}](https://huggingface.co/{url[len('hf://'):]})" if url.startswith("hf://")
                 else f"`{url}`")
         lines.append(f"| {FORMATS[key].title}{here} | {link} | {loaders[key]} |")
     return lines
+
+
+def _variants_lines(report: dict, fmt: Format | None) -> list[str]:
+    """The reduced-precision and LiteRT files (of ``fmt`` only, on a form's card) and their agreement
+    with the fp32 reference, in a table of their own; those withheld from publishing, and why."""
+    rows = [r for r in report.get("variants") or [] if fmt is None or r["file"] in fmt.files]
+    if not rows:
+        return []
+    lines = ["## Reduced-precision and LiteRT variants", "",
+             "Extra files beside the fp32 ones, never replacing them, and not held to the fp32 tolerance: each was "
+             "run in its own process on the same inputs and compared with the PyTorch fp32 reference by agreement.",
+             "", *variants_table({**report, "variants": rows}), ""]
+    withheld = withheld_files(report)
+    files = {r["file"] for r in rows}
+    lines += [f"- `{file}` is not published: {why}." for file, why in withheld.items() if file in files]
+    return lines + ([""] if withheld else [])
 
 
 def _size(n: int) -> str:
@@ -316,9 +352,14 @@ def _file_lines(files: dict[str, dict], report: dict, fmt: Format | None, weight
             "model.safetensors": "weights in the source (PyTorch) layout, bit-exact round trip",
             "model.keras": "Keras 3 model (architecture + weights)",
             "saved_model/": "TensorFlow SavedModel: signatures `serving_default`, `features`, `attention`",
-            "model.onnx": f"ONNX model, opset {opset}, input `images`, output the head only",
+            "model.onnx": f"ONNX model, opset {opset}, input `images`, output the head only (its fastest graph)",
             "model_attention.onnx": "the same ONNX graph with every attention map as an output",
             "model.onnx.data": "ONNX external weights (both ONNX files read them)",
+            "model_int8.onnx": "ONNX, int8 weights of the weight MatMuls (dynamic quantisation); see variants",
+            "model_fp16.onnx": "ONNX, fp16 weights and compute, fp32 input and output; see the variants table",
+            "model.tflite": "LiteRT (TFLite) of `serving_default`, fp32",
+            "model_fp16.tflite": "LiteRT, fp16 weights; see the variants table",
+            "model_int8.tflite": "LiteRT, dynamic-range int8; see the variants table",
             "parity.json": "parity report (machine-readable)", "parity.md": "parity report",
             METADATA_NAME: "variant, architecture, weights origin and class names (vit-porting's record)",
             "config.json": ("Keras' model config" if keras_config else
@@ -337,7 +378,8 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     whose card links the other forms of ``repos`` (form -> hf://... / kaggle://...)."""
     spec, origin = record.spec, record.origin
     random = _is_random(report, origin, manifest)
-    meta = front_matter(record, random, fmt, evaluation)
+    present = forms_present(report)
+    meta = front_matter(record, random, fmt, evaluation, present)
     c = spec.config
     family = get_family(spec.family).full_name
     passed = bool(report.get("passed"))
@@ -375,11 +417,18 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     if rt:
         body += [f"Round trip Keras → safetensors → strict PyTorch load: "
                  f"{'bit-exact' if rt.get('bit_exact') else 'MISMATCH'} over {rt.get('num_tensors')} tensors.", ""]
+    body += _variants_lines(report, fmt)
+    exports = report.get("exports") or {}
+    chosen = serving_lines({k: v for k, v in exports.items() if not fmt or (k, fmt.key) in
+                            (("saved_model", "savedmodel"), ("onnx", "onnx"))})
+    if chosen:
+        body += ["## Serving graphs", "", "Each format's serving graph is the fastest of its candidates that passed "
+                 "the parity check above, timed on the machine that made the port:", "", *chosen, ""]
     body += ["Full report: `parity.md` / `parity.json`.", ""]
     body += ["## Usage", "", *_download_lines(fmt, repos, spec), "",
              "Each snippet uses the same stand-in input and prints the same top-5 classes (within the "
              "parity tolerance).", ""]
-    for title, code in snippets(record, fmt, repos):
+    for title, code in snippets(record, fmt, repos, present):
         body += [f"### {title}", "", "```python", code, "```", ""]
     if files:
         body += ["## Files", "", *_file_lines(files, report, fmt, get_family(spec.family).hub_weights_name), "",

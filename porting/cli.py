@@ -65,7 +65,8 @@ def cmd_port(args: argparse.Namespace) -> int:
     options = PortOptions(weights=args.weights, seed=args.seed, batch=args.batch, out_root=Path(args.out),
                           force=args.force, mapping=args.mapping, new_head=args.num_classes is not None,
                           exports=not args.no_export, backends=parse_backends(args.backends),
-                          output_budget_mb=args.output_budget_mb)
+                          output_budget_mb=args.output_budget_mb, serving=args.serving_graph,
+                          reduced_precision=args.reduced_precision)
     report = port(spec, options)
     _print_summary(report)
     return 0 if report["passed"] else 1
@@ -278,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-budget-mb", type=_number(float, 0, inclusive=False), default=DEFAULT_BUDGET_MB,
                    help=f"outputs one runtime call may hold (default {DEFAULT_BUDGET_MB}); past it a runtime "
                         "computes its attention maps one image and one group of blocks at a time")
+    p.add_argument("--serving-graph", choices=("auto", "xla", "tf.function"), default="auto",
+                   help="how the SavedModel's serving_default and features run: 'auto' (default) times XLA and a "
+                        "plain tf.function at batch 1 and 8 and keeps the faster")
+    p.add_argument("--reduced-precision", action="store_true",
+                   help="also write model_int8.onnx, model_fp16.onnx and LiteRT model.tflite, model_fp16.tflite, "
+                        "model_int8.tflite, each checked by its agreement with the fp32 reference")
     p.set_defaults(func=cmd_port)
 
     p = sub.add_parser("parity", parents=[common],

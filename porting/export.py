@@ -68,13 +68,29 @@ def pooled_features(model, heads: tuple[str, ...]):
     return inputs[0] if len(inputs) == 1 else keras.layers.Average(name="pre_logits")(inputs)
 
 
-def write_saved_model(model, path: Path | str, heads: tuple[str, ...] = ("head",)) -> dict:
+# serving_default and features compiled with XLA or as a plain tf.function, chosen per port by timing
+# both (``parity/timing.py:choose_fastest``); XLA is the second candidate, so it must win by this much
+SERVING_GRAPHS = ("tf.function", "xla")
+SERVING_MARGIN = 0.03
+SERVING_BATCHES = (1, 8)
+
+
+def write_saved_model(model, path: Path | str, heads: tuple[str, ...] = ("head",), serving: str = "auto") -> dict:
     """A SavedModel with three signatures, each taking ``images`` (float32 NHWC, any batch):
     ``serving_default`` the head output (``logits``, or ``features``), ``features`` the pooled
     feature vector, ``attention`` the head output and every attention map under their Keras names.
-    Each variable is stored once; the signatures share it."""
+    Each variable is stored once; the signatures share it.
+
+    ``serving``: how ``serving_default`` and ``features`` run: ``"xla"`` (``jit_compile=True``),
+    ``"tf.function"``, or ``"auto"``: both timed on this machine at batch 1 and 8 and the faster kept
+    (XLA fuses the small element-wise ops of a small model and wins there, but lowers matrix products to
+    Eigen, about half of oneDNN's speed on this AMD CPU, and loses on the large and the convolutional
+    models). ``attention`` is always the plain function, the exact graph."""
     import keras
+    import numpy as np
     import tensorflow as tf
+
+    from parity.timing import choose_fastest
 
     # Same layers and weights; a one-letter model name and tracking list keep the graph's node
     # names and checkpoint keys short (they are ~5 % of a cait_xxs24 SavedModel otherwise).
@@ -91,17 +107,36 @@ def write_saved_model(model, path: Path | str, heads: tuple[str, ...] = ("head",
     # The graph is traced once; each signature calls it and returns its part, so the SavedModel
     # stores it once (three traced graphs made it 1.11x the weight bytes of cait_xxs24_224, 1.05x
     # with one). The maps are intermediates of the logits, so serving_default computes no extra op.
+    # An XLA serving function calls the same traced graph: XLA compiles the call's body and drops the
+    # outputs nobody reads (measured identical to a logits-only trace, and no second graph stored).
     full = tf.function(lambda images: everything(images, training=False), input_signature=[spec], autograph=False)
-    parts = {SIGNATURE_KEY: lambda out: {head: out[head]},
-             FEATURES_SIGNATURE: lambda out: {"features": out["pre_logits"]},
-             ATTENTION_SIGNATURE: lambda out: {k: out[k] for k in model.output}}
-    signatures = {key: tf.function(lambda images, part=part: part(full(images)), input_signature=[spec],
+    serve = {graph: tf.function(lambda images: {k: v for k, v in full(images).items() if k in (head, "pre_logits")},
+                                input_signature=[spec], autograph=False, jit_compile=graph == "xla")
+             for graph in SERVING_GRAPHS}
+    record: dict = {"graph": serving, "chosen_by": "asked for"}
+    if serving == "auto":
+        shape = tuple(model.input.shape[1:])
+        batches = [np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32) for b in SERVING_BATCHES]
+        fns = {graph: (lambda x, fn=fn: fn(tf.constant(x))[head].numpy()) for graph, fn in serve.items()}
+        try:
+            timing = choose_fastest(fns, batches, margin=SERVING_MARGIN)
+            record = {"graph": timing["chosen"], "timing": timing,
+                      "chosen_by": f"the faster, timed on this machine; XLA must win by {SERVING_MARGIN:.0%}"}
+        except Exception as exc:  # noqa: BLE001 - XLA cannot compile some graphs: the plain function serves
+            record = {"graph": "tf.function", "chosen_by": "XLA failed", "xla_error": f"{type(exc).__name__}: "
+                                                                                    f"{str(exc)[:300]}"}
+    chosen = serve[record["graph"]]
+    parts = {SIGNATURE_KEY: (chosen, lambda out: {head: out[head]}),
+             FEATURES_SIGNATURE: (chosen, lambda out: {"features": out["pre_logits"]}),
+             ATTENTION_SIGNATURE: (full, lambda out: {k: out[k] for k in model.output})}
+    signatures = {key: tf.function(lambda images, fn=fn, part=part: part(fn(images)), input_signature=[spec],
                                    autograph=False).get_concrete_function()
-                  for key, part in parts.items()}
+                  for key, (fn, part) in parts.items()}
     tf.saved_model.save(root, str(path), signatures=signatures)
     size, weights = folder_bytes(path), weight_bytes(model)
     return {"bytes": size, "weight_bytes": weights, "size_ratio": size / weights,
-            "signatures": {key: sorted(fn.structured_outputs) for key, fn in signatures.items()}}
+            "signatures": {key: sorted(fn.structured_outputs) for key, fn in signatures.items()},
+            "serving": record}
 
 
 def write_keras_file(model, path: Path | str) -> dict:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from porting.export import ONNX_ATTENTION_FILE, ONNX_DATA_FILE, ONNX_FILE
+from porting.export_litert import LITERT_FILES
+from porting.export_ort import VARIANT_FILES
 from porting.manifest import METADATA_NAME
 
 KERAS_FILE = "model.keras"
@@ -40,7 +42,21 @@ FORMATS = {
     "keras": Format("keras", "Keras 3", "", "keras", (KERAS_FILE,), ("keras",)),
     "savedmodel": Format("savedmodel", "TensorFlow SavedModel", "-savedmodel", "tensorFlow2", (SAVED_MODEL_DIR,),
                          ("tensorflow", "saved_model")),
-    "onnx": Format("onnx", "ONNX", "-onnx", "onnx", (ONNX_FILE, ONNX_ATTENTION_FILE, ONNX_DATA_FILE), ("onnx",)),
+    "onnx": Format("onnx", "ONNX", "-onnx", "onnx",
+                   (ONNX_FILE, ONNX_ATTENTION_FILE, ONNX_DATA_FILE, *VARIANT_FILES.values()), ("onnx",)),
     "pytorch": Format("pytorch", "PyTorch (safetensors)", "-pytorch", "pyTorch", (SAFETENSORS_FILE, HUB_CONFIG),
                       ("pytorch", "safetensors")),
+    "litert": Format("litert", "LiteRT (TFLite)", "-litert", "tfLite", tuple(LITERT_FILES.values()),
+                     ("tflite", "litert")),
 }
+
+
+def withheld_files(report: dict) -> dict[str, str]:
+    """{file: why} of the reduced-precision and LiteRT variants that must not be published: those below
+    the publish floor (``parity/tolerances.yaml``) on a port of trained weights. A random-weights port
+    withholds none: agreement on near-tie scores says nothing, and publishing it needs --allow-random."""
+    if report.get("random_weights"):
+        return {}
+    return {row["file"]: (f"{row['variant']} is below the publish floor "
+                          f"(photos top-1 agreement {(row.get('photos') or {}).get('top1_agreement')})")
+            for row in report.get("variants") or [] if not row.get("meets_publish_floor")}

@@ -9,7 +9,12 @@ Format (kept stable; ``vit-port verify`` and the tests recompute it)::
                   <the family's reference libraries, e.g. "timm">, "toolkit"},
      "parity": {"passed": bool, "report": "parity.json"},
      "created": UTC ISO-8601 time,
+     "serving": {"saved_model": {"graph", "chosen_by"}, "onnx": {"graph", "chosen_by"}},  # ports with exports
+     "variants": {variant: file},          # reduced-precision and LiteRT files, when the port wrote them
      "not_checksummed": {"eval/": why}}   # post-port outputs, see below
+
+``serving`` records which graph serves ``serving_default``/``features`` and ``model.onnx`` and why
+(the times measured are in ``parity.json``, ``exports``).
 
 ``eval/`` holds what ``vit-port eval`` writes after the port (eval.json, eval.md): reports
 about the artifacts, not artifacts, rewritten on every evaluation. It is left out of the
@@ -97,9 +102,21 @@ def file_table(folder: Path) -> dict[str, dict]:
     return table
 
 
+def export_choices(exports: dict | None) -> dict:
+    """The ``serving`` and ``variants`` entries of a manifest from a report's ``exports``."""
+    exports = exports or {}
+    serving = {key: {k: record[k] for k in ("graph", "chosen_by")}
+               for key, record in (("saved_model", (exports.get("saved_model") or {}).get("serving")),
+                                   ("onnx", (exports.get("onnx") or {}).get("serving"))) if record}
+    variants = {name: v["file"] for name, v in (exports.get("variants") or {}).items()}
+    return {**({"serving": serving} if serving else {}), **({"variants": variants} if variants else {})}
+
+
 def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, parity_passed: bool,
-                   toolkit: str, versions: dict | None = None, report: str = "parity.json") -> dict:
-    """Write ``folder/manifest.json`` over the folder's current files; returns the manifest."""
+                   toolkit: str, versions: dict | None = None, report: str = "parity.json",
+                   exports: dict | None = None) -> dict:
+    """Write ``folder/manifest.json`` over the folder's current files; returns the manifest.
+    ``exports``: the report's, whose serving-graph choices and variant files it records."""
     folder = Path(folder)
     manifest = {
         "variant": variant,
@@ -109,6 +126,7 @@ def write_manifest(folder: Path | str, variant: str, family: str, origin: dict, 
         "versions": versions or runtime_versions(toolkit),
         "parity": {"passed": bool(parity_passed), "report": report},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **export_choices(exports),
         "not_checksummed": dict(POST_PORT_DIRS),
     }
     write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")

@@ -21,14 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.compare import compare_outputs, first_divergent_block, load_policy
+from parity.compare import (
+    agreement,
+    compare_outputs,
+    first_divergent_block,
+    load_policy,
+    meets_floor,
+    tolerance,
+)
 from parity.images import sample_photos, write_parity_inputs
 from parity.inputs import random_images
 from parity.outputs import DEFAULT_BUDGET_MB, OutputsView, read_outputs, split_photo_outputs
 from parity.report import runtime_summary, write_reports
+from parity.timing import pick
 from parity.worker import WorkerError, run_worker
 from porting.card import write_card
 from porting.export import ONNX_ATTENTION_FILE, ONNX_FILE
+from porting.export_litert import LITERT_FILES
+from porting.export_ort import GRAPH_MARGIN, GRAPHS, VARIANT_FILES
 from porting.families import get_family
 from porting.families.base import VariantSpec
 from porting.manifest import (
@@ -73,6 +83,8 @@ class PortOptions:
     new_head: bool = False  # the class count was asked for: replace a checkpoint head of another size
     backends: tuple[str, ...] = ("tensorflow",)  # Keras backends to run model.keras on (each its own process)
     output_budget_mb: float = DEFAULT_BUDGET_MB  # outputs a runtime holds at once (parity/outputs.py)
+    serving: str = "auto"  # SavedModel serving graph: "auto" (timed), "xla" or "tf.function" (porting/export.py)
+    reduced_precision: bool = False  # also int8/fp16 ONNX and LiteRT fp32/fp16/int8 files, checked by agreement
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -129,8 +141,9 @@ RUNTIME_SOURCES = {
     "keras_eager": "Keras model converted in this port, called eagerly",
     "keras_compiled": "model.keras reloaded, compiled (XLA where it works)",
     "keras_file": "model.keras reloaded, called eagerly",
-    "savedmodel": "saved_model/ via tf.saved_model.load: serving_default (head output), attention (maps)",
-    "onnxruntime": "ONNX Runtime: model.onnx (head output), model_attention.onnx (maps)",
+    "savedmodel": "saved_model/ via tf.saved_model.load: serving_default (head output; its graph as chosen), "
+                  "attention (maps)",
+    "onnxruntime": "ONNX Runtime: model.onnx (head output; the serving graph chosen), model_attention.onnx (maps)",
     "keras_torch": "model.keras reloaded on Keras' torch backend",
     "keras_jax": "model.keras reloaded on Keras' JAX backend",
 }
@@ -153,6 +166,14 @@ def backend_missing(backend: str) -> str | None:
         extra = " (pip install '.[jax]')" if backend == "jax" else ""
         return f"the {backend} backend needs the {module} package, which is not installed{extra}"
     return None
+# the reduced-precision and LiteRT variants: {variant: (file, precision, loaded by)}
+VARIANTS = {
+    **{name: (file, name.split("_")[1], "ONNX Runtime, CPUExecutionProvider") for name, file in VARIANT_FILES.items()},
+    **{name: (file, name.split("_")[1], "ai-edge-litert Interpreter, serving_default signature runner")
+       for name, file in LITERT_FILES.items()},
+}
+
+
 # worker result keys worth keeping in the report
 _INFO_KEYS = ("mode", "xla_error", "provider", "opset", "device_name", "signature_outputs", "backend", "calls")
 
@@ -167,10 +188,35 @@ def _photo_summary(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
             "top1_agreement": c.top1_agreement, "top5_agreement": c.top5_agreement}
 
 
+def variant_rows(reference: Mapping[str, np.ndarray], runs: list[RuntimeRun], policy: dict) -> list[dict]:
+    """The agreement of each reduced-precision or LiteRT variant's head output with the fp32 reference,
+    on the seeded batch and the photographs; whether it stays within the fp32 tolerance (said, never
+    required) and whether it reaches the publish floor of ``parity/tolerances.yaml``."""
+    floor = (policy.get("variants") or {}).get("publish_floor", {})
+    ref_main, ref_photos = split_photo_outputs(reference)
+    rows = []
+    for run in runs:
+        main, photos = split_photo_outputs(run.load())
+        head = next(iter(main))
+        file, precision, loads = VARIANTS[run.runtime]
+        row = {"variant": run.runtime, "file": file, "precision": precision, "loads": loads, "head_output": head,
+               "runtime_version": run.info.get("runtime"), "random": agreement(ref_main[head], main[head])}
+        if head in photos and head in ref_photos:
+            row["photos"] = agreement(ref_photos[head], photos[head])
+        measured = [row["random"], *([row["photos"]] if "photos" in row else [])]
+        row["fp32_tolerance"] = tolerance(policy, "cpu", head)
+        row["within_fp32_tolerance"] = all(m["valid"] and m["max_normalized_diff"] <= row["fp32_tolerance"]
+                                           for m in measured)
+        row["publish_floor"] = floor
+        row["meets_publish_floor"] = meets_floor(row, floor)
+        rows.append(row)
+    return rows
+
+
 def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, np.ndarray]] | list[RuntimeRun],
                  reference: dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]], output_order: list[str],
                  weight_paths: list[str], mapping_path: str | None, device: str = "cpu",
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, variants: list[RuntimeRun] | None = None) -> dict:
     """Compare every runtime with the PyTorch reference of its device.
 
     ``reference`` is one reference's outputs, or {device: outputs} when runtimes ran on more
@@ -178,6 +224,8 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
     photographs: compared under the same tolerance, with their own top-1/top-5 agreement.
     A runtime without the diagnostic ``*_out`` outputs (the exported artifacts) is compared
     on the outputs it has; its first diverging block is found from the attention maps.
+    ``variants`` (reduced precision, LiteRT) are described by their agreement with the CPU
+    reference (``variant_rows``) and do not enter the verdict.
     """
     policy = load_policy()
     if isinstance(runtimes, dict):
@@ -212,6 +260,7 @@ def build_report(spec: VariantSpec, origin: dict, runtimes: dict[str, dict[str, 
         "reference": f"PyTorch ({source_label}) fp32 on {', '.join(devices)}",
         "source_layout": source_label,
         "inputs": "seeded N(0,1) images", "runtimes": summaries,
+        **({"variants": variant_rows(references["cpu"], variants, policy)} if variants else {}),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "toolkit_version": TOOLKIT_VERSION,
         **(extra or {}),
     }
@@ -334,7 +383,82 @@ def _run_artifact_runtimes(spec: VariantSpec, folder: Path, inputs: Path, work: 
             log(f"      skipped: {exc.message}")
             meta.setdefault("skipped", []).append({"runtime": "onnxruntime", "device": "cuda",
                                                    "reason": exc.message})
+    meta["variant_runs"] = _run_variants(folder, job, work, steps)
     return runs, meta
+
+
+def _variant_files(folder: Path) -> dict[str, dict[str, str]]:
+    """{worker module: {variant: path}} of the reduced-precision ONNX and the LiteRT files in ``folder``."""
+    found = {}
+    for module, files in (("parity.run_onnx", VARIANT_FILES), ("parity.run_litert", LITERT_FILES)):
+        present = {name: str(folder / file) for name, file in files.items() if (folder / file).is_file()}
+        if present:
+            found[module] = present
+    return found
+
+
+def _run_variants(folder: Path, job: dict, work: Path, steps: _Steps) -> list[RuntimeRun]:
+    """The variant files the folder has, each kind in its own process (a step each, counted by the
+    caller), on the parity inputs (head output and photographs)."""
+    runs = []
+    for module, present in _variant_files(folder).items():
+        label = "ONNX Runtime" if module == "parity.run_onnx" else "ai-edge-litert"
+        r = steps.run(f"running {', '.join(present)} ({label})", lambda m=module, f=present: run_worker(
+            m, {**job, "job": "variants" if m == "parity.run_onnx" else "run", "files": f,
+                "outputs": str(work / "variants")}, work))
+        runs += [RuntimeRun(name, "cpu", work / "variants" / name, r["variants"][name]) for name in present]
+    return runs
+
+
+def _choose_onnx_graph(folder: Path, inputs: Path, work: Path, steps: _Steps, reference: Mapping[str, np.ndarray],
+                       head: str) -> tuple[dict, dict[str, str]]:
+    """Make the candidate serving graphs of model.onnx (``porting/export_ort.py``), time them, and
+    check each on the parity inputs against the fp32 reference (head output and photographs, the
+    fp32 tolerance). Returns the record of the choice, and {graph: path} of the candidates (the
+    caller installs the chosen one with ``_install_onnx_graph``). ``standard`` in the record is the
+    fastest passing graph in standard ONNX ops: the source of the reduced-precision variants."""
+    r = steps.run("choosing model.onnx's serving graph (candidates timed and checked)", lambda: run_worker(
+        "parity.run_onnx", {"job": "optimise", "folder": str(folder), "model": str(folder / ONNX_FILE),
+                            "inputs": str(inputs), "outputs": str(work / "onnx_graphs")}, work))
+    policy = load_policy()
+    ref_main, ref_photos = split_photo_outputs(reference)
+    paths, candidates = {}, {}
+    for name, graph in r["graphs"].items():
+        candidates[name] = {k: v for k, v in graph.items() if k != "path"}
+        if "path" not in graph or not str(graph.get("checker", "")).startswith("passed"):
+            continue
+        paths[name] = graph["path"]
+        main, photos = split_photo_outputs(read_outputs(work / "onnx_graphs" / name))
+        (c,) = compare_outputs(OutputsView(ref_main, {head: head}), main, "cpu", policy)
+        photo = _photo_summary(ref_photos, photos, "cpu", policy) if ref_photos else None
+        candidates[name]["parity"] = {"passed": c.passed and (photo is None or photo["passed"]),
+                                      "max_normalized_diff": c.max_normalized_diff,
+                                      "photos_max_normalized_diff": photo and photo["max_normalized_diff"],
+                                      "tolerance": c.tolerance}
+    passing = [g for g in GRAPHS if candidates.get(g, {}).get("parity", {}).get("passed")]
+    timing = r["timing"]
+    chosen = pick(timing["relative_time"], passing, GRAPH_MARGIN) if passing else "exported"
+    standard = [g for g in passing if not candidates[g].get("non_standard_ops")]
+    record = {"graph": chosen, "standard": pick(timing["relative_time"], standard, GRAPH_MARGIN) if standard
+              else "exported",
+              "chosen_by": (f"the fastest within the fp32 tolerance, timed on this machine; a less portable graph "
+                            f"must win by {GRAPH_MARGIN:.0%}" if passing
+                            else "no candidate passed parity: the exported graph is kept"),
+              "timing": timing, "candidates": candidates,
+              "checker": candidates[chosen].get("checker"),
+              "non_standard_ops": candidates[chosen].get("non_standard_ops", {})}
+    return record, paths
+
+
+def _install_onnx_graph(folder: Path, chosen: str, paths: dict[str, str]) -> None:
+    """The chosen candidate renamed to model.onnx; the other candidate files (this port's) removed."""
+    for name, path in paths.items():
+        if name == "exported":
+            continue
+        if name == chosen:
+            os.replace(path, folder / ONNX_FILE)
+        else:
+            Path(path).unlink()
 
 
 def _run_references(spec: VariantSpec, weights: Path, inputs: Path, work: Path, steps: _Steps,
@@ -362,9 +486,11 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
     tmp.mkdir()
     work.mkdir()
     extra_backends = len([b for b in options.backends if b != "tensorflow"])
-    # source, convert, reference, round trip, compare; with exports ONNX, keras_compiled, keras_file,
-    # savedmodel, onnxruntime
-    steps = _Steps(5 + (5 + extra_backends if options.exports else 0), log)
+    # source, convert, reference, round trip, compare; with exports ONNX, its serving graph, keras_compiled,
+    # keras_file, savedmodel, onnxruntime; with reduced precision, writing and running the ONNX variants
+    # and the LiteRT files
+    variant_steps = 4 if options.reduced_precision else 0
+    steps = _Steps(5 + (6 + extra_backends + variant_steps if options.exports else 0), log)
     log(f"Porting {spec.name} (weights: {options.weights}) into {final}")
     inputs = work / "inputs.npz"
     described = _write_inputs(inputs, spec, options.batch, options.input_seed, options.photos)
@@ -384,7 +510,7 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
         "parity.run_keras", {**job, "job": "convert", "source": str(source), "inputs": str(inputs),
                              "outputs": str(work / "keras_eager"), "mapping": options.mapping,
                              "budget_mb": options.output_budget_mb,
-                             "source_name": origin["description"],
+                             "source_name": origin["description"], "serving": options.serving,
                              "safetensors_out": str(tmp / "model.safetensors"), **exports}, work))
     if conv.get("exports", {}).get("saved_model"):
         sm = conv["exports"]["saved_model"]
@@ -403,11 +529,26 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
                                  "out": str(tmp), "labels": src.get("labels")}, work))
         log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
             + (" (external data)" if onnx["external_data"] else ""))
+        serving, graphs = _choose_onnx_graph(tmp, inputs, work, steps, references["cpu"], spec.head_name)
+        log(f"      model.onnx: {serving['graph']} graph ({serving['chosen_by'].split(',')[0]})")
+        written = {}
+        if options.reduced_precision:
+            written.update(steps.run("writing model_int8.onnx, model_fp16.onnx (ONNX Runtime)", lambda: run_worker(
+                "parity.run_onnx", {"job": "write_variants", "folder": str(tmp), "source": graphs[serving["standard"]]},
+                work))["variants"])
+        _install_onnx_graph(tmp, serving["graph"], graphs)
+        if options.reduced_precision:
+            written.update(steps.run("writing model.tflite, model_fp16.tflite, model_int8.tflite (LiteRT)",
+                                     lambda: run_worker("parity.run_litert", {"job": "convert", "folder": str(tmp),
+                                                                              "saved_model": str(tmp / "saved_model")},
+                                                        work))["variants"])
         more, meta = _run_artifact_runtimes(spec, tmp, inputs, work, steps, log, devices, options.backends,
                                             options.output_budget_mb)
         runs += more
-        meta["exports"] = {**conv["exports"], "onnx": {k: v for k, v in onnx.items()
-                                                      if k not in ("ok", "peak_rss_mb", "seconds")}}
+        meta["exports"] = {**conv["exports"], "onnx": {**{k: v for k, v in onnx.items()
+                                                         if k not in ("ok", "peak_rss_mb", "seconds")},
+                                                      "serving": serving},
+                           **({"variants": written} if written else {})}
     extra = {"roundtrip": {k: roundtrip[k] for k in ("bit_exact", "strict_load", "num_tensors", "mismatched",
                                                       "not_compared", "not_compared_reasons") if k in roundtrip},
              "devices": devices, "inputs_detail": described, "mapping": options.mapping,
@@ -416,7 +557,7 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
              **{k: v for k, v in meta.items() if k in ("exports", "skipped")}}
     report = steps.run("comparing outputs", lambda: build_report(
         spec, origin, runs, references, conv["output_order"], conv["weight_paths"], options.mapping,
-        extra=extra))
+        extra=extra, variants=meta.get("variant_runs")))
     shutil.rmtree(work)
     write_record(tmp, PortRecord(spec, origin, src.get("labels")))
     _finish(report, tmp, spec, origin, described, steps, roundtrip)
@@ -434,7 +575,8 @@ def _finish(report: dict, folder: Path, spec: VariantSpec, origin: dict, describ
     write_reports(report, folder)
     versions = runtime_versions(TOOLKIT_VERSION, get_family(spec.family).reference_libraries)
     write_card(folder, versions=versions)
-    write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION, versions=versions)
+    write_manifest(folder, spec.name, spec.family, origin, report["passed"], TOOLKIT_VERSION, versions=versions,
+                   exports=report.get("exports"))
 
 
 def port(spec: VariantSpec, options: PortOptions) -> dict:
@@ -505,7 +647,7 @@ def _recheck(folder: Path, log: Callable[[str], None], backends: tuple[str, ...]
         raise PortError(f"{folder} lacks {', '.join(missing)}; port it again with exports")
     remove_stale_scratch(folder.parent)
     work = make_scratch(folder.parent, f"{variant}.parity")
-    steps = _Steps(6 + len([b for b in backends if b != "tensorflow"]), log)
+    steps = _Steps(6 + len([b for b in backends if b != "tensorflow"]) + len(_variant_files(folder)), log)
     log(f"Re-checking {folder} (no conversion: the artifacts on disk against PyTorch on model.safetensors)")
     try:
         inputs = work / "inputs.npz"
@@ -521,7 +663,7 @@ def _recheck(folder: Path, log: Callable[[str], None], backends: tuple[str, ...]
                  **{k: v for k, v in meta.items() if k == "skipped"}}
         report = steps.run("comparing outputs", lambda: build_report(
             spec, origin, runs, references, meta["output_order"], meta["weight_paths"], previous.get("mapping"),
-            extra=extra))
+            extra=extra, variants=meta.get("variant_runs")))
         _finish(report, folder, spec, origin, described, steps, previous.get("roundtrip"))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from porting.card import CARD_NAME, KAGGLE_LICENSES, hub_license, read_evaluation, render_card
 from porting.families import get_family
-from porting.layout import FORMATS, KERAS_FILE, REPORTS, SAFETENSORS_FILE, Format
+from porting.layout import FORMATS, KERAS_FILE, REPORTS, SAFETENSORS_FILE, Format, withheld_files
 from porting.manifest import MANIFEST_NAME, METADATA_NAME, file_table, read_record, verify_manifest
 from porting.safety import STAGING_MARKER, UnsafePathError, first_line, inside, write_text_atomic
 
@@ -112,6 +112,7 @@ class Staged:
     forms: dict[str, StagedForm]
     refusals: list[str]  # why a push would be refused (empty: it would go)
     random_weights: bool
+    withheld: dict[str, str]  # variant files not staged (below the publish floor), and why
 
     @property
     def files(self) -> dict[str, int]:
@@ -203,11 +204,12 @@ def _claim_staging(staged: Path, folder: Path, files: list[str], where: str) -> 
                                                            str(folder), "files": files}, indent=1) + "\n")
 
 
-def _form_sources(folder: Path, manifest: dict, fmt: Format, weights_name: str) -> dict[str, Path]:
+def _form_sources(folder: Path, manifest: dict, fmt: Format, weights_name: str,
+                  withheld: dict[str, str]) -> dict[str, Path]:
     """{path in the form's folder: artifact file} of ``fmt``: its artifact files that the port
-    wrote (the PyTorch weights under the family's published name), and the record and reports
-    every form carries. Keras' are unpacked separately."""
-    listed = [rel for rel in manifest["files"] if rel != CARD_NAME]
+    wrote but those ``withheld`` (the PyTorch weights under the family's published name), and the
+    record and reports every form carries. Keras' are unpacked separately."""
+    listed = [rel for rel in manifest["files"] if rel != CARD_NAME and rel not in withheld]
     wanted = [rel for rel in listed if rel in REPORTS
               or any(rel == f or rel.startswith(f + "/") for f in fmt.files if f != KERAS_FILE)]
     return {(weights_name if rel == SAFETENSORS_FILE else rel): inside(folder, rel) for rel in wanted}
@@ -233,7 +235,9 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
           allow_random: bool = False) -> Staged:
     """Stage what an upload of ``folder`` to ``target`` sends, one folder per form (any complete
     port, random weights included). The artifact folder itself is not changed; one that does not
-    match its manifest is refused (PublishError) before anything is staged."""
+    match its manifest is refused (PublishError) before anything is staged. A reduced-precision or
+    LiteRT file below the publish floor on a port of trained weights is not staged
+    (``porting.layout.withheld_files``): the fp32 forms go without it, and its card says why."""
     folder = Path(folder)
     target = parse_target(target) if isinstance(target, str) else target
     for name in (METADATA_NAME, "parity.json", MANIFEST_NAME):
@@ -248,7 +252,8 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
                            f"first: {problems[0]}); see `vit-port verify {folder}`")
     try:
         weights_name = get_family(record.spec.family).hub_weights_name
-        sources = {key: _form_sources(folder, manifest, fmt, weights_name) for key, fmt in FORMATS.items()}
+        withheld = withheld_files(report)
+        sources = {key: _form_sources(folder, manifest, fmt, weights_name, withheld) for key, fmt in FORMATS.items()}
         keras_members = _keras_members(folder / KERAS_FILE) if KERAS_FILE in manifest["files"] else []
         planned = {key: [*files, *(keras_members if FORMATS[key].files == (KERAS_FILE,) else [])]
                    for key, files in sources.items()}
@@ -286,7 +291,7 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
         listing = {p.relative_to(into).as_posix(): p.stat().st_size for p in sorted(into.rglob("*")) if p.is_file()}
         result[key] = StagedForm(fmt, places[key], into, listing)
     random = bool(report.get("random_weights") or (manifest.get("origin") or {}).get("random_weights"))
-    return Staged(target, staged, result, refusals(folder, allow_random, problems), random)
+    return Staged(target, staged, result, refusals(folder, allow_random, problems), random, withheld)
 
 
 def _token_problem(target: Target) -> str | None:
@@ -361,6 +366,8 @@ def publish(folder: Path | str, target: str, push: bool = False, allow_random: b
             log(f"  {size:>14,d}  {key}/{rel}")
     if staged.random_weights:
         log("NOTE: random weights; the card's first line says so")
+    for file, why in staged.withheld.items():
+        log(f"NOT staged: {file}: {why}")
     if not push:
         if staged.refusals:
             log("--push would be refused:\n  " + "\n  ".join(staged.refusals))

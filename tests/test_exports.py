@@ -1,7 +1,8 @@
 """Artifacts of a port: SavedModel, .keras, ONNX, safetensors, manifest; each checked by
 loading it from disk in a fresh process, as a user would.
 
-One pipeline port of a depth-reduced cait_xxs24_224 serves the module. torch never loads in
+One pipeline port of a depth-reduced cait_xxs24_224, with the reduced-precision and LiteRT files,
+serves the module. torch never loads in
 the pytest process (PyTorch checks run in subprocesses).
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from parity.compare import compare_outputs
+from parity.timing import pick
 from parity.worker import QUIET_ENV
 from porting.families import get_variant
 from porting.manifest import MANIFEST_NAME, verify_manifest
@@ -50,7 +52,8 @@ def _python(code: str, cwd: Path, project: bool) -> dict:
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    report = port(_spec(), PortOptions(weights="random", out_root=root / "artifacts", log=lambda _msg: None))
+    report = port(_spec(), PortOptions(weights="random", out_root=root / "artifacts", reduced_precision=True,
+                                       log=lambda _msg: None))
     folder = root / "artifacts" / VARIANT
     images = np.random.default_rng(7).standard_normal((3, 224, 224, 3)).astype(np.float32)
     np.save(root / "images.npy", images)
@@ -151,11 +154,10 @@ def test_saved_model_loads_without_project_code(ported, keras_outputs):
         via_layer = {{k: keras.ops.convert_to_numpy(v) for k, v in layer(images).items()}}
         np.savez({str(root / "savedmodel.npz")!r}, **out["attention"])
         np.save({str(root / "features.npy")!r}, out["features"]["features"])
+        np.save({str(root / "serving.npy")!r}, out["serving_default"]["logits"])
         print(json.dumps({{"input_shape": spec.shape.as_list(), "input_dtype": spec.dtype.name,
                           "outputs": {{key: sorted(o) for key, o in out.items()}},
                           "batch1": {{k: list(v.shape) for k, v in out1.items()}},
-                          "serving_equal": bool(np.array_equal(out["serving_default"]["logits"],
-                                                               out["attention"]["logits"])),
                           "layer_equal": bool(np.array_equal(via_layer["logits"], out["serving_default"]["logits"])),
                           "layer_outputs": sorted(via_layer),
                           "project_modules": [m for m in sys.modules if m.split(".")[0] in ("porting", "parity")]}}))
@@ -167,7 +169,18 @@ def test_saved_model_loads_without_project_code(ported, keras_outputs):
     assert expected == sorted(["logits", "blocks_0_attn", "blocks_1_attn", "blocks_token_only_0_attn",
                                "blocks_token_only_1_attn"])  # no diagnostic *_out outputs
     assert result["outputs"] == {"serving_default": ["logits"], "features": ["features"], "attention": expected}
-    assert result["layer_outputs"] == ["logits"] and result["layer_equal"] and result["serving_equal"]
+    assert result["layer_outputs"] == ["logits"] and result["layer_equal"]
+    # serving_default runs the graph the port chose (XLA or a tf.function, by timing), attention the
+    # plain one: the same function, equal bit for bit only when both are the plain graph
+    with np.load(root / "savedmodel.npz") as data:
+        plain = data["logits"]
+    serving = np.load(root / "serving.npy")
+    graph = json.loads((folder / MANIFEST_NAME).read_text())["serving"]["saved_model"]["graph"]
+    assert graph in ("xla", "tf.function")
+    if graph == "tf.function":
+        assert np.array_equal(serving, plain)
+    assert compare_outputs({"logits": keras_out["logits"]}, {"logits": serving})[0].passed
+    assert compare_outputs({"logits": plain}, {"logits": serving})[0].passed
     assert result["batch1"]["logits"] == [1, 1000] and result["batch1"]["blocks_0_attn"] == [1, 4, 196, 196]
     with np.load(root / "savedmodel.npz") as data:
         comparisons = compare_outputs(keras_out, {k: data[k] for k in data.files})
@@ -226,6 +239,72 @@ def test_onnx_is_valid_with_a_named_dynamic_batch_and_metadata(ported, keras_out
         comparisons = compare_outputs({k: keras_out[k] for k in expected}, out)
         assert all(c.passed for c in comparisons), [c for c in comparisons if not c.passed]
 
+
+
+def test_serving_graphs_are_chosen_by_timing_among_those_that_pass(ported):
+    """The SavedModel's serving graph and model.onnx are each the faster of candidates timed side by
+    side; an ONNX candidate counts only within the fp32 tolerance, and model.onnx is the chosen one."""
+    import onnx
+
+    report, folder, _ = ported
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    saved = report["exports"]["saved_model"]["serving"]
+    assert set(saved["timing"]["median_ms"]["1"]) == {"tf.function", "xla"}
+    assert manifest["serving"]["saved_model"] == {"graph": saved["graph"], "chosen_by": saved["chosen_by"]}
+    served = report["exports"]["onnx"]["serving"]
+    chosen = served["graph"]
+    assert manifest["serving"]["onnx"]["graph"] == chosen
+    assert served["candidates"][chosen]["parity"]["passed"]
+    passing = [g for g, c in served["candidates"].items() if c.get("parity", {}).get("passed")]
+    assert "exported" in passing and chosen == pick(served["timing"]["relative_time"], passing, 0.03)
+    assert len(onnx.load(folder / "model.onnx", load_external_data=False).graph.node) == \
+        served["candidates"][chosen]["nodes"]
+    assert not list(folder.glob(".candidate-*"))  # the others were this port's and are gone
+
+
+def test_reduced_precision_files_are_reported_by_agreement_outside_the_verdict(ported):
+    report, folder, _ = ported
+    rows = {r["variant"]: r for r in report["variants"]}
+    files = {"onnx_int8": "model_int8.onnx", "onnx_fp16": "model_fp16.onnx", "litert_fp32": "model.tflite",
+             "litert_fp16": "model_fp16.tflite", "litert_int8": "model_int8.tflite"}
+    assert {name: r["file"] for name, r in rows.items()} == files
+    assert json.loads((folder / MANIFEST_NAME).read_text())["variants"] == files
+    for row in rows.values():
+        assert (folder / row["file"]).is_file()
+        for inputs in ("random", "photos"):
+            m = row[inputs]
+            assert m["valid"] and 0 <= m["top1_agreement"] <= m["top5_agreement"] <= 1, (row["variant"], m)
+            assert 0 <= m["prob_mean_abs_diff"] <= m["prob_max_abs_diff"] < 1
+    # fp32 LiteRT computes the same function; int8 is a different one (quantised, not a copy)
+    assert rows["litert_fp32"]["within_fp32_tolerance"]
+    for name in ("onnx_int8", "litert_int8"):
+        assert rows[name]["random"]["max_normalized_diff"] > 10 * rows["litert_fp32"]["random"]["max_normalized_diff"]
+    # the verdict is the fp32 runtimes' alone; each kind of variant ran in a worker of its own
+    assert report["passed"] == all(r["passed"] for r in report["runtimes"])
+    assert not set(rows) & {r["runtime"] for r in report["runtimes"]}
+    assert {"running onnx_int8, onnx_fp16 (ONNX Runtime)",
+            "running litert_fp32, litert_fp16, litert_int8 (ai-edge-litert)"} <= set(report["steps"])
+    for text in ((folder / "parity.md").read_text(), (folder / "README.md").read_text()):
+        assert "## Reduced-precision and LiteRT variants" in text
+        assert "| onnx_int8 | `model_int8.onnx` |" in text and "| litert_fp16 | `model_fp16.tflite` |" in text
+        assert "says little about" in text  # random weights: agreement on near ties
+
+
+def test_litert_file_runs_without_tensorflow_at_any_batch(ported, keras_outputs):
+    _, folder, root = ported
+    result = _python(f"""
+        import json, sys, numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+        images = np.load({str(root / "images.npy")!r})
+        runner = Interpreter(model_path={str(folder / "model.tflite")!r}).get_signature_runner("serving_default")
+        out = {{b: runner(images=images[:b])["logits"] for b in (1, 3)}}
+        np.save({str(root / "litert.npy")!r}, out[3])
+        print(json.dumps({{"shapes": [list(v.shape) for v in out.values()],
+                          "tensorflow": [m for m in sys.modules if m.split(".")[0] == "tensorflow"]}}))
+    """, root, project=False)
+    assert result == {"shapes": [[1, 1000], [3, 1000]], "tensorflow": []}
+    keras_out, _ = keras_outputs
+    assert compare_outputs({"logits": keras_out["logits"]}, {"logits": np.load(root / "litert.npy")})[0].passed
 
 
 def test_safetensors_loads_into_timm_strictly(ported):
