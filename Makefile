@@ -8,7 +8,7 @@ WEIGHTS ?= pretrained
 PYTEST_ARGS ?=
 
 .PHONY: venv port parity verify bench test test-all lint clean publish eval attention collection collection-card \
-	publish-collection collection-bench
+	publish-collection collection-bench bench-peers
 
 venv: $(STAMP)
 
@@ -61,6 +61,12 @@ collection-bench: $(STAMP)
 BATCHES ?= 1,8
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(VARIANT) --batches $(BATCHES) $(BENCH_ARGS)
+
+# Serving speed of every artifact against timm, torch.compile and a nobuco SavedModel (made in its own
+# Keras 2 environment, benchmarks/.work/nobuco-venv, on first use); KERASHUB=1 adds KerasHub's ViT
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks.peers $(VARIANT) --batches $(BATCHES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+		$(if $(filter 1 yes true,$(KERASHUB)),--kerashub) $(BENCH_ARGS)
 
 # Dry run by default: stages the files it would upload and lists them. PUSH=1 uploads (after
 # re-verifying the manifest; refuses failed parity, changed files, random weights unless ALLOW_RANDOM=1).

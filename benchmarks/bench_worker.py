@@ -128,7 +128,9 @@ def job_gemm_time(job: dict) -> dict:
 
 
 def job_torch(job: dict) -> dict:
-    """PyTorch eager as users run it (fused attention left on), weights from model.safetensors."""
+    """PyTorch eager as users run it (fused attention left on), weights from model.safetensors; with
+    ``compile``, the same model through ``torch.compile`` (Inductor's C++ code on CPU), whose first
+    call at each batch size compiles: the warm-up calls absorb it."""
     import torch
     from safetensors.torch import load_file
 
@@ -139,12 +141,16 @@ def job_torch(job: dict) -> dict:
     reference = get_family(spec.family).torch()
     model = reference.build_reference(spec).eval()
     model.load_state_dict(load_file(job["safetensors"]), strict=True)
+    call = reference.call_reference
+    if job.get("compile"):
+        call = torch.compile(reference.call_reference)
 
     def run(images: np.ndarray):
         with torch.inference_mode():
-            return reference.call_reference(model, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+            return call(model, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
 
-    return {"batches": _batches(job, run), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"batches": _batches(job, run), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "mode": "torch.compile" if job.get("compile") else "eager"}
 
 
 def job_keras(job: dict) -> dict:
@@ -166,11 +172,28 @@ def job_keras(job: dict) -> dict:
 
 
 def job_savedmodel(job: dict) -> dict:
+    """A SavedModel's ``serving_default`` called by its one input's name (ours: ``images``; a peer's
+    may differ), as TF-Hub and TF Serving users call it."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(job["saved_model"]).signatures["serving_default"]
-    return {"batches": _batches(job, lambda images: signature(images=tf.constant(images))),
-            "tensorflow": tf.__version__}
+    (name,) = signature.structured_input_signature[1]
+    return {"batches": _batches(job, lambda images: signature(**{name: tf.constant(images)})),
+            "tensorflow": tf.__version__, "outputs": sorted(signature.structured_outputs)}
+
+
+def job_litert(job: dict) -> dict:
+    """A ``.tflite`` file's ``serving_default`` signature in ai-edge-litert's interpreter (XNNPACK,
+    one thread per core), as a LiteRT user runs it; no TensorFlow in the process."""
+    import os
+    from importlib import metadata
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=job["model"], num_threads=os.cpu_count())
+    runner = interpreter.get_signature_runner("serving_default")
+    return {"batches": _batches(job, lambda images: runner(images=images)),
+            "ai_edge_litert": metadata.version("ai-edge-litert")}
 
 
 def job_onnxruntime(job: dict) -> dict:
@@ -191,7 +214,8 @@ def job_onnxruntime(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     worker_main({"matmul_peak": job_matmul_peak, "flops": job_flops, "gemm_shapes": job_gemm_shapes,
                  "gemm_time": job_gemm_time, "torch": job_torch, "keras": job_keras,
-                 "savedmodel": job_savedmodel, "onnxruntime": job_onnxruntime}, (), argv)
+                 "savedmodel": job_savedmodel, "onnxruntime": job_onnxruntime,
+                 "litert": job_litert}, (), argv)
 
 
 if __name__ == "__main__":

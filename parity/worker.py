@@ -111,8 +111,9 @@ def worker_main(jobs: dict[str, Callable[[dict], dict]], user_errors: tuple[type
     write_text_atomic(result_path, json.dumps(result, indent=1, default=str))
 
 
-def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None) -> dict:
-    """Run one job in a fresh process and return its result (raises WorkerError)."""
+def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None, python: str | None = None) -> dict:
+    """Run one job in a fresh process and return its result (raises WorkerError). ``python``: another
+    environment's interpreter, for a tool that cannot share ours (the benchmarks' nobuco, Keras 2)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{module.rsplit('.', 1)[-1]}-{job['job']}-{time.monotonic_ns()}"
     job = {**job, "result": str(work_dir / f"{stem}.result.json")}
@@ -121,7 +122,7 @@ def run_worker(module: str, job: dict, work_dir: Path, env: dict | None = None) 
     full_env = {**os.environ, **QUIET_ENV, **(env or {}), PARENT_ENV: str(os.getpid())}
     repo_root = str(Path(__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, full_env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", module, str(job_path)], env=full_env,
+    proc = subprocess.run([python or sys.executable, "-m", module, str(job_path)], env=full_env,
                           stderr=subprocess.PIPE, text=True, preexec_fn=_arm_parent_death())
     result_path = Path(job["result"])
     try:  # written under a temporary name: present means complete (an older worker's may be torn)
