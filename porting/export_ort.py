@@ -8,11 +8,10 @@ passes fp32 parity (``porting/pipeline.py``):
 - ``rewritten``: standard ONNX ops only, with one rewrite (``mix_channels_first``). A channel mix over
   axis 1 written as Transpose(0,2,3,1) -> MatMul(W) -> Add(b) -> Transpose(0,3,1,2) (talking-heads
   attention mixes its heads so, on (batch, heads, N, N)) becomes Reshape -> MatMul(Wᵀ, x) -> Add ->
-  Reshape: no transposes, and the bias added along the long axis. ONNX Runtime's broadcast Add over a
-  last axis of 4 was 22 % of cait_xxs24_224's time at batch 8 (its profiler), the two transposes
-  another 4 %;
+  Reshape: no transposes, and the bias added along the long axis instead of a last axis as short as
+  the number of heads, where ONNX Runtime's broadcast Add is slow (each port times it: parity.md);
 - ``ort_fused``: ``rewritten`` plus ONNX Runtime's transformer fusions
-  (``onnxruntime.transformers.optimizer``, model type ``vit``, no hardware-specific level): GELU
+  (``onnxruntime.transformers.optimizer``'s encoder fusions, no hardware-specific level): GELU
   as ``com.microsoft`` ``BiasGelu``, attention and skip-LayerNorm where their patterns match. Contrib
   ops load in any ONNX Runtime and pass ``onnx.checker`` (an unknown domain is not checked), but
   other ONNX runtimes may not run them, so this one must be faster by a margin.
@@ -117,7 +116,9 @@ def ort_fusions(model):
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):  # its shape-inference notes are printed
-        fused = optimize_model(model, model_type="vit", num_heads=0, hidden_size=0, opt_level=0)
+        # ORT's encoder fusions (BertOnnxModel: its model types "bert" and "vit" are the same class);
+        # num_heads/hidden_size 0: read from the graph
+        fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     stats = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
     model = fused.model
     for domain in {n.domain for n in model.graph.node} - {*STANDARD_DOMAINS, *(o.domain for o in model.opset_import)}:
