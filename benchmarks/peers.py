@@ -10,10 +10,11 @@ Keras 2 environment, ``benchmarks/nobuco_peer.py``) and, with ``--kerashub``, in
 process, the rows alternated over ``--rounds`` rounds (the order reversed every other round, so a
 burst of load on this shared machine falls on every row), ``--warmup`` untimed calls then
 ``--repeats`` timed ones per process. A row's figure is the median of its calls over all rounds;
-images/s, the ratio to timm eager and the share of this machine's GEMM peak (measured in the same
-run) beside it. Writes benchmarks/results/peers-<variant>-<machine>.json and prints the table as
-Markdown. Rows whose artifact a port did not write, or a peer that cannot convert the model, are
-reported with their one-line reason, not dropped.
+images/s, the ratio to the reference's PyTorch eager (timm's or transformers') and the share of this
+machine's GEMM peak (measured in the same run) beside it. Writes
+benchmarks/results/peers-<variant>-<machine>.json and prints the table as Markdown. Rows whose
+artifact a port did not write, or a peer that cannot convert the model, are reported with their
+one-line reason, not dropped.
 """
 
 from __future__ import annotations
@@ -36,16 +37,18 @@ from benchmarks import nobuco_peer  # noqa: E402
 from benchmarks.bench import machine_name  # noqa: E402
 from benchmarks.kerashub_vit import KERAS_HUB_DIR, _cpu_model  # noqa: E402
 from parity.worker import WorkerError, run_worker  # noqa: E402
-from porting.families import get_variant  # noqa: E402
+from porting.families import get_family, get_variant  # noqa: E402
 from porting.pipeline import PortOptions, port  # noqa: E402
 from porting.safety import write_text_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "peers"
 
-# row -> (what it is, bench_worker job, artifact path relative to the port folder or None for a peer)
+# row -> (what it is, "{source}" the family's reference library; bench_worker job; artifact path relative to
+# the port folder, or None for a peer)
 ROWS = {
-    "timm_eager": ("timm, PyTorch eager", {"job": "torch"}, "model.safetensors"),
-    "torch_compile": ("timm, torch.compile (Inductor, CPU)", {"job": "torch", "compile": True}, "model.safetensors"),
+    "torch_eager": ("{source}, PyTorch eager", {"job": "torch"}, "model.safetensors"),
+    "torch_compile": ("{source}, torch.compile (Inductor, CPU)", {"job": "torch", "compile": True},
+                      "model.safetensors"),
     "savedmodel": ("ours: SavedModel serving_default", {"job": "savedmodel"}, "saved_model"),
     "keras_xla": ("ours: model.keras, XLA", {"job": "keras", "jit_compile": True}, "model.keras"),
     "onnxruntime": ("ours: model.onnx, ONNX Runtime", {"job": "onnxruntime"}, "model.onnx"),
@@ -120,7 +123,9 @@ def run(variant: str, batches: list[int], rounds: int, repeats: int, warmup: int
     result["flops_per_image"] = run_worker("benchmarks.bench_worker", {**job, "job": "flops"}, work)["flops_per_image"]
     peers = make_peers(spec, folder, work, kerashub)
     rows: dict[str, dict] = {}
+    source = get_family(spec.family).source_label
     for name, (what, row_job, artifact) in ROWS.items():
+        what = what.format(source=source)
         if only and name not in only or name == "kerashub_xla" and not kerashub:
             continue
         path = str(folder / artifact) if artifact else peers.get(name, {}).get("path")
@@ -162,25 +167,26 @@ def _summary(runs: list[dict], batch: int) -> dict:
 
 
 def _derive(rows: dict, peak_gflops: float, flops: float) -> None:
-    timm = rows.get("timm_eager", {}).get("batches", {})
+    eager = rows.get("torch_eager", {}).get("batches", {})
     nobuco = rows.get("nobuco_savedmodel", {}).get("batches", {})
     for row in rows.values():
         for batch, t in row.get("batches", {}).items():
             t["fraction_of_matmul_peak"] = flops * int(batch) / t["median_s"] / 1e9 / peak_gflops
-            for key, other in (("vs_timm", timm), ("vs_nobuco", nobuco)):
+            for key, other in (("vs_torch", eager), ("vs_nobuco", nobuco)):
                 if batch in other:
                     t[key] = other[batch]["median_s"] / t["median_s"]
 
 
 def _cells(t: dict) -> str:
-    ratio = {key: f"{t[key]:.2f}" if key in t else "–" for key in ("vs_timm", "vs_nobuco")}
-    return (f"{t['median_s'] * 1000:.1f} | {t['images_per_s']:.1f} | {ratio['vs_timm']} | {ratio['vs_nobuco']} "
+    ratio = {key: f"{t[key]:.2f}" if key in t else "–" for key in ("vs_torch", "vs_nobuco")}
+    return (f"{t['median_s'] * 1000:.1f} | {t['images_per_s']:.1f} | {ratio['vs_torch']} | {ratio['vs_nobuco']} "
             f"| {t['fraction_of_matmul_peak']:.0%}")
 
 
 def markdown(result: dict) -> str:
     batches = [str(b) for b in result["batches"]]
-    head = "| runtime | " + " | ".join(f"batch {b}: ms | img/s | × timm | × nobuco | % peak" for b in batches) + " |"
+    cells = "ms | img/s | × PyTorch eager | × nobuco | % peak"
+    head = "| runtime | " + " | ".join(f"batch {b}: {cells}" for b in batches) + " |"
     lines = [f"{result['variant']}: {result['cpu']} ({result['cpu_count']} CPUs), {result['date']}, GEMM peak "
              f"{result['matmul_peak']['gflops']:.0f} GFLOP/s, {result['flops_per_image'] / 1e9:.2f} GFLOP/image; "
              f"median of {result['rounds']} alternated processes x {result['repeats']} calls; load average "
