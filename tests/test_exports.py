@@ -296,6 +296,12 @@ def test_serving_graphs_are_chosen_by_timing_among_those_that_pass(ported):
     assert served["candidates"][chosen]["parity"]["passed"]
     passing = [g for g, c in served["candidates"].items() if c.get("parity", {}).get("passed")]
     assert "exported" in passing and chosen == pick(served["timing"]["relative_time"], passing, 0.03)
+    # every candidate made is checked, and passes: each of the depth-2 CaiT's four talking-heads mixes
+    # was rewritten, and ONNX Runtime's fusions either matched (and passed) or say why not
+    assert served["candidates"]["rewritten"]["rewrites"] == {"channel mix without transposes": 2 * DEPTH}
+    assert all(c["parity"]["passed"] for c in served["candidates"].values() if "skipped" not in c)
+    assert set(passing) | {g for g, c in served["candidates"].items() if "skipped" in c} == \
+        {"exported", "rewritten", "ort_fused"}
     assert len(onnx.load(folder / "model.onnx", load_external_data=False).graph.node) == \
         served["candidates"][chosen]["nodes"]
     assert not list(folder.glob(".candidate-*"))  # the others were this port's and are gone

@@ -603,3 +603,6 @@ def test_variants_below_the_floor_or_unmeasured_are_not_staged_from_a_trained_po
         assert "- `model_int8.onnx` is not published: onnx_int8 is below the publish floor" in card
         assert "| onnx_fp16 | `model_fp16.onnx` |" in card and "model_int8.tflite" not in card
         assert staged.withheld["model_fp16.tflite"].startswith("no agreement with the fp32 reference")
+        litert = (staged.forms["litert"].folder / CARD_NAME).read_text()
+        assert "- `model_fp16.tflite` is not published: no agreement with the fp32 reference" in litert
+        assert "- `model_int8.tflite` is not published: litert_int8 is below the publish floor" in litert
