@@ -12,6 +12,7 @@ stdlib + yaml only: it runs in the orchestrating process, which imports no frame
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -320,19 +321,20 @@ def _forms_lines(fmt: Format, repos: dict[str, str]) -> list[str]:
     return lines
 
 
-def _variants_lines(report: dict, fmt: Format | None) -> list[str]:
+def _variants_lines(report: dict, fmt: Format | None, folder_files: Iterable[str] = ()) -> list[str]:
     """The reduced-precision and LiteRT files (of ``fmt`` only, on a form's card) and their agreement
-    with the fp32 reference, in a table of their own; those withheld from publishing, and why."""
+    with the fp32 reference, in a table of their own; those withheld from publishing, and why, the
+    port's files (``folder_files``) that the report never measured included."""
     rows = [r for r in report.get("variants") or [] if fmt is None or r["file"] in fmt.files]
-    if not rows:
+    withheld = {file: why for file, why in withheld_files(report, folder_files).items()
+                if fmt is None or file in fmt.files}
+    if not rows and not withheld:
         return []
     lines = ["## Reduced-precision and LiteRT variants", "",
              "Extra files beside the fp32 ones, never replacing them, and not held to the fp32 tolerance: each was "
              "run in its own process on the same inputs and compared with the PyTorch fp32 reference by agreement.",
              "", *variants_table({**report, "variants": rows}), ""]
-    withheld = withheld_files(report)
-    files = {r["file"] for r in rows}
-    lines += [f"- `{file}` is not published: {why}." for file, why in withheld.items() if file in files]
+    lines += [f"- `{file}` is not published: {why}." for file, why in withheld.items()]
     return lines + ([""] if withheld else [])
 
 
@@ -417,7 +419,7 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     if rt:
         body += [f"Round trip Keras → safetensors → strict PyTorch load: "
                  f"{'bit-exact' if rt.get('bit_exact') else 'MISMATCH'} over {rt.get('num_tensors')} tensors.", ""]
-    body += _variants_lines(report, fmt)
+    body += _variants_lines(report, fmt, (manifest or {}).get("files", ()))
     exports = report.get("exports") or {}
     chosen = serving_lines({k: v for k, v in exports.items() if not fmt or (k, fmt.key) in
                             (("saved_model", "savedmodel"), ("onnx", "onnx"))})

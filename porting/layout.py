@@ -14,6 +14,7 @@ Standard library only (the orchestrating process imports no framework).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from porting.export import ONNX_ATTENTION_FILE, ONNX_DATA_FILE, ONNX_FILE
@@ -51,12 +52,20 @@ FORMATS = {
 }
 
 
-def withheld_files(report: dict) -> dict[str, str]:
-    """{file: why} of the reduced-precision and LiteRT variants that must not be published: those below
-    the publish floor (``parity/tolerances.yaml``) on a port of trained weights. A random-weights port
-    withholds none: agreement on near-tie scores says nothing, and publishing it needs --allow-random."""
+def withheld_files(report: dict, files: Iterable[str] = ()) -> dict[str, str]:
+    """{file: why} of the reduced-precision and LiteRT variants that must not be published from a port
+    of trained weights: those below the publish floor (``parity/tolerances.yaml``), and those of
+    ``files`` (the folder's) that the report does not measure at all, since a file with no agreement
+    row has shown nothing. A random-weights port withholds none: agreement on near-tie scores says
+    nothing either way, and publishing it needs --allow-random while its card says so."""
     if report.get("random_weights"):
         return {}
-    return {row["file"]: (f"{row['variant']} is below the publish floor "
-                          f"(photos top-1 agreement {(row.get('photos') or {}).get('top1_agreement')})")
-            for row in report.get("variants") or [] if not row.get("meets_publish_floor")}
+    rows = report.get("variants") or []
+    withheld = {row["file"]: (f"{row['variant']} is below the publish floor "
+                              f"(photos top-1 agreement {(row.get('photos') or {}).get('top1_agreement')})")
+                for row in rows if not row.get("meets_publish_floor")}
+    measured = {row["file"] for row in rows}
+    variant_files = {*VARIANT_FILES.values(), *LITERT_FILES.values()}
+    withheld.update({file: "no agreement with the fp32 reference was measured (vit-port parity measures it)"
+                     for file in files if file in variant_files and file not in measured})
+    return withheld

@@ -99,3 +99,29 @@ def test_cait_keras_file_reloads_exactly_next_to_cvt(tmp_path):
     reloaded = keras.saving.load_model(path, compile=False)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded(images)["logits"]),
                                   keras.ops.convert_to_numpy(model(images)["logits"]))
+
+
+@pytest.mark.parametrize("heads", [4, 16])  # xxs and m widths
+def test_head_mix_is_timms_linear_over_heads(heads):
+    """``_mix_heads`` (one product on the flattened maps) against timm's form, a Linear over the heads
+    of the maps permuted to channels-last and back, here as the same Dense layer: the two sum the same
+    products in the same order, so within fp32 rounding of each other (and of a float64 product)."""
+    from porting.families.cait.model import TalkingHeadAttention
+
+    layer = TalkingHeadAttention(heads * 48, heads)
+    layer.build((None, 10, heads * 48))
+    rng = np.random.default_rng(heads)
+    for dense in (layer.proj_l, layer.proj_w):
+        dense.kernel.assign(rng.standard_normal((heads, heads)).astype(np.float32))
+        dense.bias.assign(rng.standard_normal(heads).astype(np.float32))
+    attn = rng.standard_normal((2, heads, 37, 37)).astype(np.float32)
+    for dense in (layer.proj_l, layer.proj_w):
+        ours = keras.ops.convert_to_numpy(layer._mix_heads(dense, attn))
+        timm = keras.ops.convert_to_numpy(keras.ops.transpose(dense(keras.ops.transpose(attn, (0, 2, 3, 1))),
+                                                              (0, 3, 1, 2)))
+        kernel, bias = (keras.ops.convert_to_numpy(w).astype(np.float64) for w in (dense.kernel, dense.bias))
+        exact = np.einsum("bhij,hg->bgij", attn.astype(np.float64), kernel) + bias[None, :, None, None]
+        assert ours.shape == attn.shape
+        np.testing.assert_allclose(ours, timm, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5)
+        assert np.abs(ours - timm).max() <= 2 * np.abs(timm - exact).max() + 1e-6  # no worse than timm's form

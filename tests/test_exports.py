@@ -204,6 +204,45 @@ def test_keras_file_reloads_and_fine_tunes(keras_outputs):
     assert result["trainable"] == result["changed"] > 0  # every weight moved in one step
 
 
+def test_the_serving_graph_not_chosen_serves_the_same_function(ported, keras_outputs):
+    """The graph timing picks depends on the machine, so the one the port did not pick is written here
+    on request (``serving=``): its ``serving_default`` and ``features`` stay within the fp32 tolerance of
+    the Keras model (itself within parity of PyTorch) and of the plain graph, and its ``attention`` is
+    the plain graph whichever serves: bit-equal to the port's own SavedModel."""
+    _, folder, root = ported
+    chosen = json.loads((folder / MANIFEST_NAME).read_text())["serving"]["saved_model"]["graph"]
+    other = next(g for g in ("xla", "tf.function") if g != chosen)
+    result = _python(f"""
+        import json, numpy as np, keras, tensorflow as tf
+        import porting.families.cait.model  # registers the vit_porting layers
+        from porting.export import write_saved_model
+        from porting.families import get_family
+        model = keras.saving.load_model({str(folder / "model.keras")!r})
+        record = write_saved_model(model, {str(root / "other_saved_model")!r}, get_family("cait").keras_heads,
+                                   serving={other!r})["serving"]
+        images = tf.constant(np.load({str(root / "images.npy")!r}))
+        port, asked = (tf.saved_model.load(p) for p in ({str(folder / "saved_model")!r},
+                                                       {str(root / "other_saved_model")!r}))
+        maps = [{{k: v.numpy() for k, v in m.signatures["attention"](images=images).items()}} for m in (port, asked)]
+        np.savez({str(root / "other_serving.npz")!r},
+                 logits=asked.signatures["serving_default"](images=images)["logits"].numpy(),
+                 features=asked.signatures["features"](images=images)["features"].numpy(),
+                 port_features=port.signatures["features"](images=images)["features"].numpy(),
+                 plain=maps[1]["logits"])
+        print(json.dumps({{"record": record, "attention_equal": sorted(maps[0]) == sorted(maps[1]) and all(
+            np.array_equal(maps[0][k], maps[1][k]) for k in maps[0])}}))
+    """, root, project=True)
+    assert result == {"record": {"graph": other, "chosen_by": "asked for"}, "attention_equal": True}
+    keras_out, _ = keras_outputs
+    with np.load(root / "other_serving.npz") as data:
+        out = {k: data[k] for k in data.files}
+    assert compare_outputs({"logits": keras_out["logits"]}, {"logits": out["logits"]})[0].passed
+    assert compare_outputs({"logits": out["plain"]}, {"logits": out["logits"]})[0].passed
+    assert compare_outputs({"features": out["port_features"]}, {"features": out["features"]})[0].passed
+    if other == "tf.function":
+        assert np.array_equal(out["logits"], out["plain"])
+
+
 def test_onnx_is_valid_with_a_named_dynamic_batch_and_metadata(ported, keras_outputs):
     """model.onnx: the logits alone, a batch dimension named ``batch``, preprocessing and class
     names in metadata_props; model_attention.onnx: every output of the Keras model."""
@@ -257,6 +296,12 @@ def test_serving_graphs_are_chosen_by_timing_among_those_that_pass(ported):
     assert served["candidates"][chosen]["parity"]["passed"]
     passing = [g for g, c in served["candidates"].items() if c.get("parity", {}).get("passed")]
     assert "exported" in passing and chosen == pick(served["timing"]["relative_time"], passing, 0.03)
+    # every candidate made is checked, and passes: each of the depth-2 CaiT's four talking-heads mixes
+    # was rewritten, and ONNX Runtime's fusions either matched (and passed) or say why not
+    assert served["candidates"]["rewritten"]["rewrites"] == {"channel mix without transposes": 2 * DEPTH}
+    assert all(c["parity"]["passed"] for c in served["candidates"].values() if "skipped" not in c)
+    assert set(passing) | {g for g, c in served["candidates"].items() if "skipped" in c} == \
+        {"exported", "rewritten", "ort_fused"}
     assert len(onnx.load(folder / "model.onnx", load_external_data=False).graph.node) == \
         served["candidates"][chosen]["nodes"]
     assert not list(folder.glob(".candidate-*"))  # the others were this port's and are gone

@@ -546,3 +546,63 @@ def test_keras_snippet_runs_without_the_porting_stack(ported, tmp_path):
     tolerance = load_policy()["cpu"]["logits"]["max_normalized_diff"]
     assert logits["keras"].shape == logits["timm"].shape == (1, 1000)
     assert np.abs(logits["keras"] - logits["timm"]).max() / np.abs(logits["timm"]).max() <= tolerance
+
+
+# --- reduced-precision variants ------------------------------------------------------------------
+
+def _with_variants(folder: Path, random_weights: bool) -> dict[str, float | None]:
+    """``folder`` given reduced-precision and LiteRT files and a parity report that measures them
+    (crafted: staging reads the report, not the bytes), its manifest rewritten so that it verifies.
+    Returns {file: photos top-1 agreement, None where the report has no row for it}."""
+    agreements = {"model_int8.onnx": 0.97, "model_fp16.onnx": 1.0, "model.tflite": 1.0, "model_int8.tflite": 0.5,
+                  "model_fp16.tflite": None}
+    report = json.loads((folder / "parity.json").read_text())
+    floor = {"photos": {"top1_agreement": 0.99}}
+    names = {"model_int8.onnx": "onnx_int8", "model_fp16.onnx": "onnx_fp16", "model.tflite": "litert_fp32",
+             "model_int8.tflite": "litert_int8"}
+    rows = []
+    for file, top1 in agreements.items():
+        (folder / file).write_bytes((folder / "model.onnx").read_bytes()[:1000])
+        if top1 is not None:
+            measured = {"valid": True, "top1_agreement": top1, "top5_agreement": 1.0, "prob_max_abs_diff": 0.01,
+                        "prob_mean_abs_diff": 0.001, "max_normalized_diff": 0.01}
+            rows.append({"variant": names[file], "file": file, "head_output": "logits", "random": measured,
+                         "photos": measured, "within_fp32_tolerance": False, "publish_floor": floor,
+                         "meets_publish_floor": top1 >= 0.99})
+    report.update(random_weights=random_weights, variants=rows)
+    (folder / "parity.json").write_text(json.dumps(report, indent=1))
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest["variant"], manifest["family"],
+                   {**manifest["origin"], "random_weights": random_weights}, True, TOOLKIT_VERSION)
+    assert verify_manifest(folder) == []
+    return agreements
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_variants_below_the_floor_or_unmeasured_are_not_staged_from_a_trained_port(ported, tmp_path,
+                                                                                     random_weights):
+    """A trained port stages its fp32 forms and only the variants that reach the publish floor (a
+    variant its report never measured counts as below); a random-weights port, whose agreement says
+    nothing, stages them all, its card saying the weights are random."""
+    folder = _copy(ported[0], tmp_path)
+    agreements = _with_variants(folder, random_weights)
+    messages: list[str] = []
+    staged = publish(folder, HF_TARGET, stage_dir=tmp_path / "stage", allow_random=True, log=messages.append)
+    below = {f for f, a in agreements.items() if a is None or a < 0.99}
+    expected = set() if random_weights else below
+    assert set(staged.withheld) == expected
+    assert not staged.refusals  # fp32 parity passed: withholding a variant never refuses the port
+    files = {rel for form in staged.forms.values() for rel in form.files}
+    assert sorted(staged.forms) == sorted([*FORMS, "litert"])
+    assert files & set(agreements) == set(agreements) - expected
+    assert {"model.onnx", "model_attention.onnx", "model.safetensors"} <= files  # the fp32 forms go regardless
+    for file in expected:
+        assert any(m.startswith(f"NOT staged: {file}: ") for m in messages), messages
+    if not random_weights:
+        card = (staged.forms["onnx"].folder / CARD_NAME).read_text()
+        assert "- `model_int8.onnx` is not published: onnx_int8 is below the publish floor" in card
+        assert "| onnx_fp16 | `model_fp16.onnx` |" in card and "model_int8.tflite" not in card
+        assert staged.withheld["model_fp16.tflite"].startswith("no agreement with the fp32 reference")
+        litert = (staged.forms["litert"].folder / CARD_NAME).read_text()
+        assert "- `model_fp16.tflite` is not published: no agreement with the fp32 reference" in litert
+        assert "- `model_int8.tflite` is not published: litert_int8 is below the publish floor" in litert
