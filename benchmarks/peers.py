@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -71,7 +72,11 @@ def _log(message: str) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+    """The exception line of a worker's traceback (a Keras error continues over several lines after it:
+    the last line alone can be a bare argument list), else its last line."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b[^:]*: ", line)]
+    return (raised or lines)[-1][:300]
 
 
 def make_peers(spec, folder: Path, work: Path, kerashub: bool) -> dict[str, dict]:
