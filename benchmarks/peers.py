@@ -72,11 +72,18 @@ def _log(message: str) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    """The exception line of a worker's traceback (a Keras error continues over several lines after it:
-    the last line alone can be a bare argument list), else its last line."""
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b[^:]*: ", line)]
-    return (raised or lines)[-1][:300]
+    """The exception line of a worker's traceback, else its last line. Keras wraps an error raised
+    inside a layer as "Exception encountered when calling layer ...", puts the cause on the next line
+    and an argument list after it: the last line alone says nothing, so the cause is joined on."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    raised = [i for i, line in enumerate(lines) if re.match(r"[\w.]*(Error|Exception)\b[^:]*: ", line)]
+    if not raised:
+        return lines[-1][:300]
+    at = raised[-1]
+    line = lines[at]
+    if "Exception encountered when calling layer" in line and at + 1 < len(lines):
+        line = f"{line} {lines[at + 1]}"
+    return line[:300]
 
 
 def make_peers(spec, folder: Path, work: Path, kerashub: bool) -> dict[str, dict]:
