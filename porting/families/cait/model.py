@@ -61,8 +61,7 @@ class TalkingHeadAttention(layers.Layer):
         as ``proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)``. Here one product from the left on
         the maps flattened to (B, heads, N²): the same products summed in the same order (identical
         results on TensorFlow), without the two transposes of a 4-wide last axis and with the bias
-        added along the long one: in TensorFlow one mix of 8 cait_xxs24_224 images took 2.6 ms
-        against 5.0 ms as a Dense over the transposed maps (best of 20; 48 mixes per image)."""
+        added along the long one, which is about twice as fast (docs/exports.md)."""
         flat = ops.reshape(attn, (ops.shape(attn)[0], self.num_heads, -1))
         mixed = ops.matmul(ops.transpose(dense.kernel), flat) + ops.expand_dims(dense.bias, -1)
         return ops.reshape(mixed, ops.shape(attn))
