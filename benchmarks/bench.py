@@ -40,6 +40,14 @@ TARGETS = {
 }
 
 
+def matmul_peak(work: Path) -> dict:
+    """This machine's fp32 GEMM throughput, the best of torch and TensorFlow (each in its own
+    process), with both figures: the share of the peak is reported against the better one."""
+    peaks = [run_worker("benchmarks.bench_worker", {"job": "matmul_peak", "framework": f}, work)
+             for f in ("torch", "tensorflow")]
+    return {**max(peaks, key=lambda p: p["gflops"]), "by_framework": {p["framework"]: p["gflops"] for p in peaks}}
+
+
 def machine_name() -> str:
     return f"{platform.machine()}-{os.cpu_count()}cpu"
 
@@ -73,10 +81,7 @@ def run(variant: str, batches: list[int], repeats: int, warmup: int, skip_port: 
 
     job = {"spec": spec.to_dict(), "image_size": spec.image_size, "batches": batches, "repeats": repeats,
            "warmup": warmup}
-    peaks = [run_worker("benchmarks.bench_worker", {"job": "matmul_peak", "framework": f}, work)
-             for f in ("torch", "tensorflow")]
-    result["matmul_peak"] = {**max(peaks, key=lambda p: p["gflops"]),
-                             "by_framework": {p["framework"]: p["gflops"] for p in peaks}}
+    result["matmul_peak"] = matmul_peak(work)
     result["flops_per_image"] = run_worker("benchmarks.bench_worker", {**job, "job": "flops"}, work)[
         "flops_per_image"]
     # where the compiled Keras model's time goes: its matrix products run alone (see _derive)

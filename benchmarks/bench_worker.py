@@ -6,24 +6,12 @@ disk, warms up, then times ``repeats`` calls per batch size and reports the medi
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from parity.timing import time_calls
 from parity.worker import worker_main
-
-
-def _time(fn: Callable[[np.ndarray], object], images: np.ndarray, warmup: int, repeats: int) -> dict:
-    for _ in range(warmup):
-        fn(images)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(images)
-        samples.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples_s": samples}
 
 
 def _batches(job: dict, fn: Callable[[np.ndarray], object]) -> dict:
@@ -32,7 +20,7 @@ def _batches(job: dict, fn: Callable[[np.ndarray], object]) -> dict:
     results = {}
     for batch in job["batches"]:
         images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
-        results[str(batch)] = _time(fn, images, job.get("warmup", 2), job.get("repeats", 5))
+        results[str(batch)] = time_calls(fn, images, job.get("warmup", 2), job.get("repeats", 5))
     return results
 
 
@@ -55,7 +43,7 @@ def job_matmul_peak(job: dict) -> dict:
         a, b = torch.randn(n, n), torch.randn(n, n)
         fn = lambda _x: torch.mm(a, b)  # noqa: E731
         threads = torch.get_num_threads()
-    timing = _time(fn, np.zeros(1), 3, job.get("repeats", 10))
+    timing = time_calls(fn, np.zeros(1), 3, job.get("repeats", 10))
     return {"gflops": 2 * n**3 / timing["min_s"] / 1e9, "n": n, "threads": threads,
             "framework": job.get("framework", "torch"), **timing}
 
@@ -116,7 +104,7 @@ def job_gemm_time(job: dict) -> dict:
             b[0] *= batch
         x, y = tf.random.normal(a), tf.random.normal(b)
         fn = tf.function(lambda x=x, y=y: tf.matmul(x, y))
-        timing = _time(lambda _i, fn=fn: fn().numpy(), np.zeros(1), 2, job.get("repeats", 5))
+        timing = time_calls(lambda _i, fn=fn: fn().numpy(), np.zeros(1), 2, job.get("repeats", 5))
         product_flops = 2 * a[-2] * a[-1] * b[-1] * (a[0] if len(a) == 3 else 1)
         total_s += timing["min_s"] * product["count"]
         flops += product_flops * product["count"]

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import nobuco_peer  # noqa: E402
-from benchmarks.bench import machine_name  # noqa: E402
+from benchmarks.bench import machine_name, matmul_peak  # noqa: E402
 from benchmarks.kerashub_vit import KERAS_HUB_DIR, _cpu_model  # noqa: E402
 from parity.worker import WorkerError, run_worker  # noqa: E402
 from porting.families import get_family, get_variant  # noqa: E402
@@ -128,10 +128,7 @@ def run(variant: str, batches: list[int], rounds: int, repeats: int, warmup: int
     result["serving"] = manifest.get("serving")
     job = {"spec": spec.to_dict(), "image_size": spec.image_size, "batches": batches, "repeats": repeats,
            "warmup": warmup}
-    peaks = [run_worker("benchmarks.bench_worker", {"job": "matmul_peak", "framework": f}, work)
-             for f in ("torch", "tensorflow")]
-    result["matmul_peak"] = {**max(peaks, key=lambda p: p["gflops"]),
-                             "by_framework": {p["framework"]: p["gflops"] for p in peaks}}
+    result["matmul_peak"] = matmul_peak(work)
     result["flops_per_image"] = run_worker("benchmarks.bench_worker", {**job, "job": "flops"}, work)["flops_per_image"]
     peers = make_peers(spec, folder, work, kerashub)
     rows: dict[str, dict] = {}
