@@ -41,11 +41,12 @@ def _perm(node) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
-def mix_channels_first(model) -> int:
+def mix_channels_first(model, base_dir: Path | str) -> int:
     """Rewrite, in place, every Transpose(0,2,3,1) -> MatMul(constant W) -> Add(constant b) ->
     Transpose(0,3,1,2) chain whose intermediates nothing else reads, as a product from the left on
     the (batch, C, rest...) tensor flattened to (batch, C, -1); returns how many were rewritten.
-    Same products and sums (over C), another memory order."""
+    Same products and sums (over C), another memory order. ``base_dir``: the model file's folder,
+    where W and b are read from when they are external data (loaded without it)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -76,8 +77,8 @@ def mix_channels_first(model) -> int:
         back = only_consumer(add.output[0], "Transpose")
         if len(bias) != 1 or bias[0] not in constants or back is None or _perm(back) != [0, 3, 1, 2]:
             continue
-        weight = numpy_helper.to_array(constants[matmul.input[1]])
-        offset = numpy_helper.to_array(constants[bias[0]])
+        weight = numpy_helper.to_array(constants[matmul.input[1]], str(base_dir))
+        offset = numpy_helper.to_array(constants[bias[0]], str(base_dir))
         if weight.ndim != 2 or offset.shape != (weight.shape[1],) or weight.shape[0] != weight.shape[1]:
             continue
         prefix = f"{back.output[0]}__mix"
@@ -147,7 +148,7 @@ def write_graphs(folder: Path | str, source: str) -> dict[str, dict]:
     folder = Path(folder)
     model = onnx.load(source, load_external_data=False)
     graphs = {"exported": {"path": source, "nodes": len(model.graph.node)}}
-    rewrites = mix_channels_first(model)
+    rewrites = mix_channels_first(model, Path(source).parent)
     if rewrites:
         path = folder / ".candidate-rewritten.onnx"
         onnx.save(model, str(path))
