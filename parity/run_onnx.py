@@ -84,9 +84,15 @@ def _head_runner(session):
 def job_optimise(job: dict) -> dict:
     """The candidate serving graphs of ``model.onnx`` (``porting.export_ort.write_graphs``), each
     checked and loaded in a plain session, timed against each other at batch 1 and 8, and run on the
-    parity inputs (head output and photographs) into ``outputs/<graph>``, for the port to choose from."""
+    parity inputs (head output and photographs) into ``outputs/<graph>``, for the port to choose from.
+
+    The timing sessions are a serving user's (ONNX Runtime's defaults) and are closed before the
+    parity inputs run: those run one candidate at a time in the harness's own session (no arena, no
+    pre-packed weights), one image per call where the attention file's outputs would not fit the
+    budget, as ``job_run`` does (a logits-only graph's intermediates are as large as those outputs)."""
     import onnx
 
+    from parity.outputs import plan_calls
     from parity.timing import choose_fastest
     from porting.export_ort import GRAPH_MARGIN, non_standard_ops, uses_external_data, write_graphs
 
@@ -106,15 +112,28 @@ def job_optimise(job: dict) -> dict:
     first = next(iter(sessions.values()))
     input_name = first.get_inputs()[0].name
     shape = first.get_inputs()[0].shape[1:]
+    head = first.get_outputs()[0].name
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((b, *shape)).astype(np.float32) for b in (1, 8)]
     fns = {name: (lambda x, s=s: s.run(None, {input_name: x})) for name, s in sessions.items()}
     timing = choose_fastest(fns, batches, margin=GRAPH_MARGIN)
-    head = first.get_outputs()[0].name
-    for name, session in sessions.items():
+    timed = list(sessions)
+    del fns, first, sessions
+
+    budget = job.get("budget_mb", DEFAULT_BUDGET_MB)
+    maps = onnx.load(job["attention_model"], load_external_data=False).graph.output
+    maps_shapes = static_shapes({o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+                                 for o in maps})
+    with np.load(job["inputs"]) as data:
+        batch = len(data["images"])
+    one_image = maps_shapes is not None and any(
+        one for _, one in plan_calls(maps_shapes, batch, int(budget * 2**20)))
+    for name in timed:
+        session = _session(graphs[name]["path"], "CPUExecutionProvider")
         run, shapes = _head_runner(session)
-        run_on_inputs(run, job["inputs"], head, OutputStore(f"{job['outputs']}/{name}"), shapes,
-                      job.get("budget_mb", DEFAULT_BUDGET_MB))
+        run_on_inputs(run, job["inputs"], head, OutputStore(f"{job['outputs']}/{name}"), shapes, budget,
+                      one_image=one_image)
+        del session, run
     return {"graphs": graphs, "timing": timing, "head": head}
 
 

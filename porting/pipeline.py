@@ -411,7 +411,7 @@ def _run_variants(folder: Path, job: dict, work: Path, steps: _Steps) -> list[Ru
 
 
 def _choose_onnx_graph(folder: Path, inputs: Path, work: Path, steps: _Steps, reference: Mapping[str, np.ndarray],
-                       head: str) -> tuple[dict, dict[str, str]]:
+                       head: str, budget_mb: float) -> tuple[dict, dict[str, str]]:
     """Make the candidate serving graphs of model.onnx (``porting/export_ort.py``), time them, and
     check each on the parity inputs against the fp32 reference (head output and photographs, the
     fp32 tolerance). Returns the record of the choice, and {graph: path} of the candidates (the
@@ -419,7 +419,8 @@ def _choose_onnx_graph(folder: Path, inputs: Path, work: Path, steps: _Steps, re
     fastest passing graph in standard ONNX ops: the source of the reduced-precision variants."""
     r = steps.run("choosing model.onnx's serving graph (candidates timed and checked)", lambda: run_worker(
         "parity.run_onnx", {"job": "optimise", "folder": str(folder), "model": str(folder / ONNX_FILE),
-                            "inputs": str(inputs), "outputs": str(work / "onnx_graphs")}, work))
+                            "attention_model": str(folder / ONNX_ATTENTION_FILE), "inputs": str(inputs),
+                            "outputs": str(work / "onnx_graphs"), "budget_mb": budget_mb}, work))
     policy = load_policy()
     ref_main, ref_photos = split_photo_outputs(reference)
     paths, candidates = {}, {}
@@ -529,7 +530,8 @@ def _port_into(spec: VariantSpec, options: PortOptions, scratch: Path, final: Pa
                                  "out": str(tmp), "labels": src.get("labels")}, work))
         log(f"      {onnx['nodes']} nodes, opset {onnx['opset']}, {onnx['bytes'] / 1e6:.1f} MB"
             + (" (external data)" if onnx["external_data"] else ""))
-        serving, graphs = _choose_onnx_graph(tmp, inputs, work, steps, references["cpu"], spec.head_name)
+        serving, graphs = _choose_onnx_graph(tmp, inputs, work, steps, references["cpu"], spec.head_name,
+                                             options.output_budget_mb)
         log(f"      model.onnx: {serving['graph']} graph ({serving['chosen_by'].split(',')[0]})")
         written = {}
         if options.reduced_precision:
