@@ -21,20 +21,21 @@ class ProviderUnavailable(RuntimeError):
     pass
 
 
+def _dims(value) -> list:
+    """A graph input's or output's shape: a named dimension by its name, the others by size."""
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
 def describe(path: str) -> dict:
     """Checker verdict (path-based, so external data is followed), opset, and I/O shapes."""
     import onnx
 
     onnx.checker.check_model(path, full_check=False)
     model = onnx.load(path, load_external_data=False)
-
-    def dims(value) -> list:
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-
     return {"checker": "passed",
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
             "nodes": len(model.graph.node),
-            "inputs": {i.name: dims(i) for i in model.graph.input},
+            "inputs": {i.name: _dims(i) for i in model.graph.input},
             "outputs": [o.name for o in model.graph.output]}
 
 
@@ -122,8 +123,7 @@ def job_optimise(job: dict) -> dict:
 
     budget = job.get("budget_mb", DEFAULT_BUDGET_MB)
     maps = onnx.load(job["attention_model"], load_external_data=False).graph.output
-    maps_shapes = static_shapes({o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
-                                 for o in maps})
+    maps_shapes = static_shapes({o.name: _dims(o) for o in maps})
     with np.load(job["inputs"]) as data:
         batch = len(data["images"])
     one_image = maps_shapes is not None and any(
