@@ -23,34 +23,34 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 port: $(STAMP)
-	$(PY) -m porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
+	$(PY) -m vit_porting.cli port $(VARIANT) --weights $(WEIGHTS) $(if $(NUM_CLASSES),--num-classes $(NUM_CLASSES)) \
 		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) \
 		$(if $(BACKENDS),--backends $(BACKENDS)) $(if $(OUTPUT_BUDGET_MB),--output-budget-mb $(OUTPUT_BUDGET_MB)) \
 		$(if $(filter 1 yes true,$(REDUCED)),--reduced-precision) $(if $(SERVING),--serving-graph $(SERVING)) \
 		$(PORT_ARGS)
 
 parity: $(STAMP)
-	$(PY) -m porting.cli parity $(VARIANT) $(if $(BACKENDS),--backends $(BACKENDS)) $(PARITY_ARGS)
+	$(PY) -m vit_porting.cli parity $(VARIANT) $(if $(BACKENDS),--backends $(BACKENDS)) $(PARITY_ARGS)
 
 verify: $(STAMP)
-	$(PY) -m porting.cli verify $(VARIANT)
+	$(PY) -m vit_porting.cli verify $(VARIANT)
 
 # Every variant of a family (or VARIANTS=a,b) ported on Ray: a local Ray instance on this machine
 # unless RAY_ADDRESS (or ADDRESS=) names a cluster. Writes artifacts/<variant>/ per variant and
 # artifacts/collections/<family>/collection.json + README.md; a second run skips verified folders.
 FAMILY ?= cait
 collection: $(STAMP)
-	$(PY) -m porting.cli collection $(FAMILY) --weights $(WEIGHTS) $(if $(VARIANTS),--variants $(VARIANTS)) \
+	$(PY) -m vit_porting.cli collection $(FAMILY) --weights $(WEIGHTS) $(if $(VARIANTS),--variants $(VARIANTS)) \
 		$(if $(SEED),--seed $(SEED)) $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(OUT),--out $(OUT)) \
 		$(if $(ADDRESS),--address $(ADDRESS)) $(COLLECTION_ARGS)
 
 # collection.json and the card from the parity reports under OUT (CI's last job), no porting
 collection-card: $(STAMP)
-	$(PY) -m porting.cli collection-card $(FAMILY) $(if $(OUT),--out $(OUT))
+	$(PY) -m vit_porting.cli collection-card $(FAMILY) $(if $(OUT),--out $(OUT))
 
 publish-collection: $(STAMP)
 	$(if $(TARGET),,$(error TARGET=hf://owner or TARGET=kaggle://owner is required))
-	$(PY) -m porting.cli publish-collection $(FAMILY) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
+	$(PY) -m vit_porting.cli publish-collection $(FAMILY) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
 		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
 
 # A family's collection on local Ray, timed (benchmarks/results/collection-<family>-<machine>.json);
@@ -72,21 +72,21 @@ bench-peers: $(STAMP)
 # re-verifying the manifest; refuses failed parity, changed files, random weights unless ALLOW_RANDOM=1).
 publish: $(STAMP)
 	$(if $(TARGET),,$(error TARGET=hf://owner/name or TARGET=kaggle://owner/model[/variation] is required))
-	$(PY) -m porting.cli publish $(VARIANT) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
+	$(PY) -m vit_porting.cli publish $(VARIANT) --target $(TARGET) $(if $(filter 1 yes true,$(PUSH)),--push) \
 		$(if $(filter 1 yes true,$(ALLOW_RANDOM)),--allow-random) $(PUBLISH_ARGS)
 
 # Top-1/top-5 of every runtime on an image folder (class subfolders, or flat files with LABELS=);
 # writes artifacts/<variant>/eval/eval.json and eval.md. RUNTIMES=pytorch,keras,savedmodel,onnxruntime
 eval: $(STAMP)
 	$(if $(DATA),,$(error DATA=path/to/images is required))
-	$(PY) -m porting.cli eval $(VARIANT) $(DATA) $(if $(RUNTIMES),--runtimes $(RUNTIMES)) \
+	$(PY) -m vit_porting.cli eval $(VARIANT) $(DATA) $(if $(RUNTIMES),--runtimes $(RUNTIMES)) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(CLASS_MAP),--class-map $(CLASS_MAP)) \
 		$(if $(BATCH),--batch $(BATCH)) $(if $(LIMIT),--limit $(LIMIT)) $(EVAL_ARGS)
 
 # Class-attention maps and saliency over one image as a PNG (SOURCE=savedmodel to use saved_model/)
 attention: $(STAMP)
 	$(if $(IMAGE),,$(error IMAGE=path/to/image is required))
-	$(PY) -m porting.cli attention $(VARIANT) $(IMAGE) $(if $(SOURCE),--source $(SOURCE)) \
+	$(PY) -m vit_porting.cli attention $(VARIANT) $(IMAGE) $(if $(SOURCE),--source $(SOURCE)) \
 		$(if $(PNG),--png $(PNG)) $(ATTENTION_ARGS)
 
 # Two test processes (TEST_WORKERS=): most of a test's time is one process starting a framework
@@ -99,7 +99,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check porting parity tests benchmarks
+	$(VENV)/bin/ruff check vit_porting tests benchmarks
 
 clean:
 	rm -rf artifacts/*/ artifacts/.*.tmp

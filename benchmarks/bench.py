@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from parity.worker import run_worker  # noqa: E402
-from porting.families import get_variant  # noqa: E402
-from porting.pipeline import PortOptions, port  # noqa: E402
+from vit_porting.families.registry import get_variant  # noqa: E402
+from vit_porting.pipeline import PortOptions, port  # noqa: E402
+from vit_porting.workers.protocol import run_worker  # noqa: E402
 
 TARGETS = {
     "keras_fraction_of_matmul_peak_batch8": 0.80,

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from parity.timing import time_calls
-from parity.worker import worker_main
+from vit_porting.export.timing import time_calls
+from vit_porting.workers.protocol import worker_main
 
 
 def _batches(job: dict, fn: Callable[[np.ndarray], object]) -> dict:
@@ -50,8 +50,8 @@ def job_matmul_peak(job: dict) -> dict:
 
 def job_flops(job: dict) -> dict:
     """FLOPs (2 x multiply-adds of matmuls and convolutions) of one image through the reference."""
-    from parity.run_torch import model_facts
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
+    from vit_porting.workers.run_torch import model_facts
 
     return {"flops_per_image": model_facts(VariantSpec.from_dict(job["spec"]))["flops_per_image"]}
 
@@ -63,8 +63,8 @@ def job_gemm_shapes(job: dict) -> dict:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from porting.families import get_family
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
+    from vit_porting.families.registry import get_family
 
     aten = torch.ops.aten
     spec = VariantSpec.from_dict(job["spec"])
@@ -122,8 +122,8 @@ def job_torch(job: dict) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from porting.families import get_family
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
+    from vit_porting.families.registry import get_family
 
     spec = VariantSpec.from_dict(job["spec"])
     reference = get_family(spec.family).torch()
@@ -146,7 +146,7 @@ def job_keras(job: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from porting.families import get_family
+    from vit_porting.families.registry import get_family
 
     get_family(job["spec"]["family"]).keras()  # registers the layers
 

@@ -8,7 +8,7 @@ one after another, on the smallest variants.
 Ports every variant of the family with random weights through ``vit-port collection`` (local Ray,
 ``--force``: every variant is ported) into benchmarks/.work/collections/, then, with ``--compare
 N``, ports the N smallest variants (by weight bytes) twice more: one after another with
-``porting.pipeline.port`` (what a loop of ``vit-port port`` does, each port using every core) and
+``vit_porting.pipeline.port`` (what a loop of ``vit-port port`` does, each port using every core) and
 as one collection on Ray (one CPU per port). Writes benchmarks/results/collection-<family>-<machine>.json:
 the collection.json (every variant's parity figures, time, peak memory and Ray request) with a
 ``bench`` section holding the load averages before and after each run, since this machine is
@@ -31,10 +31,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import machine_name  # noqa: E402
-from porting.collection import CollectionOptions, resolve_variants, run_collection  # noqa: E402
-from porting.collection_report import build_collection  # noqa: E402
-from porting.pipeline import PortOptions, port  # noqa: E402
-from porting.safety import write_text_atomic  # noqa: E402
+from vit_porting.collection.driver import CollectionOptions, resolve_variants, run_collection  # noqa: E402
+from vit_porting.collection.report import build_collection  # noqa: E402
+from vit_porting.pipeline import PortOptions, port  # noqa: E402
+from vit_porting.safety import write_text_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "collections"
 

@@ -36,13 +36,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench import machine_name  # noqa: E402
 from benchmarks.bench_worker import _batches  # noqa: E402
-from parity.worker import run_worker, worker_main  # noqa: E402
+from vit_porting.workers.protocol import run_worker, worker_main  # noqa: E402
 
 KERAS_HUB_DIR = ROOT / "benchmarks" / ".work" / "kerashub"  # a --target install, when not in the environment
 
 
 def _spec(job: dict):
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
 
     return VariantSpec.from_dict(job["spec"])
 
@@ -52,7 +52,7 @@ def job_timm_logits(job: dict) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from porting.families import get_family
+    from vit_porting.families.registry import get_family
 
     spec = _spec(job)
     reference = get_family(spec.family).torch()
@@ -80,7 +80,7 @@ def job_keras_logits(job: dict) -> dict:
     """Our model.keras (logits and every attention map; the logits are compared)."""
     import keras
 
-    from porting.families import get_family
+    from vit_porting.families.registry import get_family
 
     get_family(job["spec"]["family"]).keras()  # registers the layers
     model = keras.saving.load_model(job["model"], compile=False)
@@ -194,7 +194,7 @@ def job_time(job: dict) -> dict:
     if job["which"] == "kerashub":
         model = _load_kerashub(job["model"])
     else:
-        from porting.families import get_family
+        from vit_porting.families.registry import get_family
 
         get_family(job["spec"]["family"]).keras()
         model = keras.saving.load_model(job["model"], compile=False)
@@ -225,9 +225,9 @@ def _diff(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 def run(variant: str, batches: list[int], rounds: int, repeats: int, warmup: int, modes: list[str],
         skip_port: bool, images: int) -> dict:
-    from parity.inputs import random_images
-    from porting.families import get_variant
-    from porting.pipeline import PortOptions, port
+    from vit_porting.families.registry import get_variant
+    from vit_porting.parity.inputs import random_images
+    from vit_porting.pipeline import PortOptions, port
 
     spec = get_variant(variant)
     out_root = ROOT / "benchmarks" / ".work"

@@ -5,7 +5,7 @@ nobuco needs Keras 2 (TensorFlow 2.15, numpy < 2), which cannot share an environ
 so it gets a virtual environment of its own (``benchmarks/.work/nobuco-venv``, made on first use
 with the pins below) and this module runs there as a worker:
 ``benchmarks/.work/nobuco-venv/bin/python -m benchmarks.nobuco_peer JOB.job.json``. It imports the
-family's PyTorch side only (``porting.families``'s torch modules import no Keras), traces the
+family's PyTorch side only (``vit_porting.families.registry``'s torch modules import no Keras), traces the
 reference with ``trace_shape=True`` (without it the batch dimension is frozen at the tracing
 input's) and saves the Keras 2 model as a SavedModel that takes NHWC images, as ours does.
 """
@@ -43,8 +43,8 @@ def job_convert(job: dict) -> dict:
     import torch  # before TensorFlow (nobuco imports it)
     from safetensors.torch import load_file
 
-    from porting.families import get_family
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
+    from vit_porting.families.registry import get_family
 
     spec = VariantSpec.from_dict(job["spec"])
     reference = get_family(spec.family).torch()
@@ -91,7 +91,7 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from parity.worker import worker_main
+    from vit_porting.workers.protocol import worker_main
 
     worker_main({"convert": job_convert}, (), argv)
 

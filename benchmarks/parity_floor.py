@@ -1,4 +1,4 @@
-"""Measure the numbers behind parity/tolerances.yaml.
+"""Measure the numbers behind vit_porting/parity/tolerances.yaml.
 
 For each variant: the fp32 floor (timm fp32 vs timm fp64), the port (Keras fp32 vs timm fp32 and
 vs fp64), and a known porting bug (LayerNorm eps 1e-5 instead of 1e-6), all as
@@ -21,11 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from parity.compare import output_kind  # noqa: E402
-from parity.inputs import random_images, write_inputs  # noqa: E402
-from parity.outputs import load_outputs  # noqa: E402
-from parity.worker import run_worker  # noqa: E402
-from porting.families import get_variant  # noqa: E402
+from vit_porting.families.registry import get_variant  # noqa: E402
+from vit_porting.parity.compare import output_kind  # noqa: E402
+from vit_porting.parity.inputs import random_images, write_inputs  # noqa: E402
+from vit_porting.parity.outputs import load_outputs  # noqa: E402
+from vit_porting.workers.protocol import run_worker  # noqa: E402
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -50,16 +50,16 @@ def measure(name: str, depth: int | None, work: Path, device: str = "cpu") -> di
     job = {"spec": spec.to_dict()}
     inputs, source = work / "inputs.npz", work / "source.safetensors"
     write_inputs(inputs, random_images(spec.image_size, 2, 0))
-    run_worker("parity.run_torch", {**job, "job": "source", "weights": "random", "out": str(source)}, work)
+    run_worker("torch", {**job, "job": "source", "weights": "random", "out": str(source)}, work)
     outs = {}
     for dtype in ("float32", "float64"):
         outs[dtype] = work / f"ref-{dtype}"
-        run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
+        run_worker("torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
                                         "out": str(outs[dtype]), "dtype": dtype, "intermediates": True}, work)
     for eps in (1e-6, 1e-5):
         outs[eps] = work / f"keras-{eps}"
         bad = spec.with_config(layer_norm_eps=eps)
-        run_worker("parity.run_keras", {"spec": bad.to_dict(), "job": "convert", "source": str(source),
+        run_worker("keras", {"spec": bad.to_dict(), "job": "convert", "source": str(source),
                                         "inputs": str(inputs), "outputs": str(outs[eps]),
                                         "safetensors_out": str(work / "rt.safetensors")}, work)
     ref32, ref64 = _load(outs["float32"]), _load(outs["float64"])
@@ -67,7 +67,7 @@ def measure(name: str, depth: int | None, work: Path, device: str = "cpu") -> di
     device_rows = {}
     if device != "cpu":  # the GPU floor: PyTorch fp32 on the device (TF32 off) against fp64 on the CPU
         out = work / "ref-device"
-        run_worker("parity.run_torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
+        run_worker("torch", {**job, "job": "reference", "source": str(source), "inputs": str(inputs),
                                         "out": str(out), "device": device, "intermediates": True}, work)
         device_rows = {f"timm_fp32_{device}_vs_fp64_cpu": _worst(ref64, _load(out)),
                        f"keras_cpu_vs_timm_fp32_{device}": _worst(_load(out), keras)}

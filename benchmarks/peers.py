@@ -37,10 +37,10 @@ if str(ROOT) not in sys.path:
 from benchmarks import nobuco_peer  # noqa: E402
 from benchmarks.bench import machine_name, matmul_peak  # noqa: E402
 from benchmarks.kerashub_vit import KERAS_HUB_DIR, _cpu_model  # noqa: E402
-from parity.worker import WorkerError, run_worker  # noqa: E402
-from porting.families import get_family, get_variant  # noqa: E402
-from porting.pipeline import PortOptions, port  # noqa: E402
-from porting.safety import write_text_atomic  # noqa: E402
+from vit_porting.families.registry import get_family, get_variant  # noqa: E402
+from vit_porting.pipeline import PortOptions, port  # noqa: E402
+from vit_porting.safety import write_text_atomic  # noqa: E402
+from vit_porting.workers.protocol import WorkerError, run_worker  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "peers"
 

@@ -1,7 +1,7 @@
 """Shared test plumbing.
 
 The pytest process may import Keras/TensorFlow but never torch: the two in one process abort
-or crash. Everything PyTorch-side runs in worker processes (parity.run_torch), exactly as in
+or crash. Everything PyTorch-side runs in worker processes (vit_porting.workers.run_torch), exactly as in
 a real port.
 """
 
@@ -37,15 +37,15 @@ def quiet_log():
 
 
 def run_torch_job(job: dict, work: Path) -> dict:
-    from parity.worker import run_worker
+    from vit_porting.workers.protocol import run_worker
 
-    return run_worker("parity.run_torch", job, work)
+    return run_worker("torch", job, work)
 
 
 def run_keras_job(job: dict, work: Path) -> dict:
-    from parity.worker import run_worker
+    from vit_porting.workers.protocol import run_worker
 
-    return run_worker("parity.run_keras", job, work)
+    return run_worker("keras", job, work)
 
 
 def error_line(stderr: str) -> str:

@@ -2,8 +2,8 @@
 process must not): ``python tests/fuzz_readers.py WORK_DIR MAX_EXAMPLES``.
 
 Random bytes, random truncations, bit flips and splices of valid files go to
-``porting.sources.load_checkpoint`` / ``open_checkpoint`` (every tensor read) and to
-``porting.tensor_io.SafetensorsReader``; every failure must be ``CheckpointError`` with a
+``vit_porting.weights.sources.load_checkpoint`` / ``open_checkpoint`` (every tensor read) and to
+``vit_porting.mapping.tensor_io.SafetensorsReader``; every failure must be ``CheckpointError`` with a
 one-line message. Hypothesis shrinks and prints a counterexample, and the process exits
 non-zero, when one is not.
 """
@@ -19,8 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from porting.sources import CheckpointError, load_checkpoint, open_checkpoint
-from porting.tensor_io import SafetensorsReader, write_safetensors
+from vit_porting.mapping.tensor_io import SafetensorsReader, write_safetensors
+from vit_porting.weights.sources import CheckpointError, load_checkpoint, open_checkpoint
 
 warnings.simplefilter("ignore")  # torch warns about every odd pickle it reads
 WORK = Path(sys.argv[1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.peers import _one_line
-from parity.worker import WorkerError
+from vit_porting.workers.protocol import WorkerError
 
 # the last lines of nobuco 0.17's stderr converting cvt-13-224 (2026-12-03), as run_worker keeps them
 KERAS_LAYER_ERROR = """\

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from porting.families import get_family, get_variant
-from porting.families.cait import VARIANTS as CAIT_VARIANTS
-from porting.families.cait.model import build_keras as build_cait
-from porting.layers import exact_gelu
+from vit_porting.families.cait import VARIANTS as CAIT_VARIANTS
+from vit_porting.families.cait.model import build_keras as build_cait
+from vit_porting.families.layers import exact_gelu
+from vit_porting.families.registry import get_family, get_variant
 
 
 def _small(**overrides):
@@ -90,7 +90,7 @@ def test_variable_paths_are_mapping_targets(name):
 def test_cait_keras_file_reloads_exactly_next_to_cvt(tmp_path):
     """Both families live under one Keras package name: a CaiT file must reload as CaiT (exact
     GELU) in a process that has also imported the CvT layers (QuickGELU by default)."""
-    import porting.families.cvt.model  # noqa: F401  (registers the CvT layers too)
+    import vit_porting.families.cvt.model  # noqa: F401  (registers the CvT layers too)
 
     model = build_cait(_small())
     images = np.random.default_rng(1).standard_normal((1, 224, 224, 3)).astype(np.float32)
@@ -106,7 +106,7 @@ def test_head_mix_is_timms_linear_over_heads(heads):
     """``_mix_heads`` (one product on the flattened maps) against timm's form, a Linear over the heads
     of the maps permuted to channels-last and back, here as the same Dense layer: the two sum the same
     products in the same order, so within fp32 rounding of each other (and of a float64 product)."""
-    from porting.families.cait.model import TalkingHeadAttention
+    from vit_porting.families.cait.model import TalkingHeadAttention
 
     layer = TalkingHeadAttention(heads * 48, heads)
     layer.build((None, 10, heads * 48))

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from parity.compare import compare_outputs, load_policy
-from parity.inputs import random_images, write_inputs
-from parity.outputs import read_outputs
-from porting.families import get_family, get_variant
-from porting.families.cait import VARIANTS as CAIT_VARIANTS
-from porting.pipeline import PortError, PortOptions, port
+from vit_porting.families.cait import VARIANTS as CAIT_VARIANTS
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.parity.compare import compare_outputs, load_policy
+from vit_porting.parity.inputs import random_images, write_inputs
+from vit_porting.parity.outputs import read_outputs
+from vit_porting.pipeline import PortError, PortOptions, port
 
 from conftest import ROOT, run_keras_job, run_torch_job
 
@@ -25,7 +25,7 @@ def _port(spec, out_root: Path, **options):
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "porting.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "vit_porting.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -90,7 +90,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
     """Full-size timm state_dicts (meta device, no memory) against full-size Keras shapes."""
     import keras
 
-    from porting.families.cait.model import build_keras as build_cait
+    from vit_porting.families.cait.model import build_keras as build_cait
 
     mapping = get_family("cait").load_mapping()
     all_shapes = run_torch_job({"job": "state_shapes", "specs": [s.to_dict() for s in CAIT_VARIANTS]},

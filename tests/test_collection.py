@@ -19,7 +19,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from porting.collection import (
+from vit_porting.collection.driver import (
     MEMORY_FLOOR,
     MEMORY_RATIO,
     TASK_MEMORY,
@@ -30,11 +30,11 @@ from porting.collection import (
     ray_session,
     run_collection,
 )
-from porting.collection_report import render_collection_card, table
-from porting.families import families, get_variant
-from porting.manifest import verify_manifest, write_manifest
-from porting.publish import PublishError
-from porting.publish_collection import publish_collection
+from vit_porting.collection.publish import publish_collection
+from vit_porting.collection.report import render_collection_card, table
+from vit_porting.families.registry import families, get_variant
+from vit_porting.manifest import verify_manifest, write_manifest
+from vit_porting.publish.upload import PublishError
 
 from conftest import ROOT
 
@@ -230,7 +230,7 @@ def test_the_cards_keras_snippet_gives_both_forms(tmp_path):
     logits and the feature vector (the input of the layer named `head`, which every family has)."""
     import keras
 
-    from porting.card import python_blocks
+    from vit_porting.publish.card import python_blocks
 
     for family in families().values():
         spec = _shallow(next(iter(family.variant_map().values())))
@@ -283,7 +283,7 @@ def test_publish_collection_stages_each_variant_and_refuses_failed_parity(first_
     with pytest.raises(PublishError, match="no publish-collection staged"):
         publish_collection("cait", out, "kaggle://someone", stage_dir=mine, log=lambda _m: None)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-    cli = subprocess.run([sys.executable, "-m", "porting.cli", "publish-collection", "cait", "--target",
+    cli = subprocess.run([sys.executable, "-m", "vit_porting.cli", "publish-collection", "cait", "--target",
                           "hf://vit-porting-tests", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert cli.returncode == 1 and f"NOT published: {failed}: parity did not pass" in cli.stderr
@@ -293,6 +293,6 @@ def test_cli_errors_are_one_line_naming_the_option():
     for args, needle in ((["collection", "cait", "--variants", "cait_xxs24_224,nope"], "--variants nope"),
                          (["collection", "nope"], "unknown family 'nope'"),
                          (["publish-collection", "cait", "--target", "hf://a/b"], "hf://owner or kaggle://owner")):
-        proc = subprocess.run([sys.executable, "-m", "porting.cli", *args], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "vit_porting.cli", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr

@@ -2,7 +2,7 @@
 layouts (Hugging Face and Microsoft's original), both activations (QuickGELU and GELU), and the
 mapping-engine features CvT added (restored drops, rename files, layout detection).
 
-torch never loads in the pytest process: ports go through porting.pipeline.port (one worker
+torch never loads in the pytest process: ports go through vit_porting.pipeline.port (one worker
 process per runtime), and PyTorch-side checks run in their own subprocess.
 """
 
@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.worker import QUIET_ENV, WorkerError
-from porting.families import get_family, get_variant
-from porting.families.cvt import VARIANTS as CVT_VARIANTS
-from porting.families.cvt import CvTConfig
-from porting.mapping import MappingFileError, MappingSpec, RenameError, RenameSpec
-from porting.pipeline import PortOptions, port
+from vit_porting.families.cvt import VARIANTS as CVT_VARIANTS
+from vit_porting.families.cvt import CvTConfig
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.mapping.engine import MappingFileError, MappingSpec, RenameError, RenameSpec
+from vit_porting.pipeline import PortOptions, port
+from vit_porting.workers.protocol import QUIET_ENV, WorkerError
 
 ROOT = Path(__file__).resolve().parent.parent
-TOLERANCE = 1e-5  # parity/tolerances.yaml, cpu logits row: the tightest bound in the policy
+TOLERANCE = 1e-5  # vit_porting/parity/tolerances.yaml, cpu logits row: the tightest bound in the policy
 
 
 def _port(spec, out_root: Path, **options) -> dict:
@@ -82,7 +82,7 @@ def test_config_refuses_bad_values_and_survives_json():
     with pytest.raises(ValueError, match="3 stages"):
         CvTConfig(depths=(1, 2, 3), num_heads=(1, 3))
     spec = get_variant("cvt-13-384")
-    from porting.families.base import VariantSpec
+    from vit_porting.families.base import VariantSpec
 
     assert VariantSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
@@ -135,7 +135,7 @@ def test_rename_file_is_strict(tmp_path):
         RenameSpec.load(path)
 
 
-# Microsoft's names (lib/models/cls_cvt.py), written independently of porting/families/cvt/cvt_microsoft.yaml:
+# Microsoft's names (lib/models/cls_cvt.py), written independently of vit_porting/families/cvt/cvt_microsoft.yaml:
 # the port from an original-layout file below proves the rename file is their exact inverse.
 _TO_MICROSOFT = [
     (r"^cvt\.encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.projection\.", r"stage\1.patch_embed.proj."),
@@ -186,13 +186,13 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
     every key is mapped or dropped with a reason, every Keras variable is assigned."""
     import keras
 
-    from parity.worker import run_worker
-    from porting.families.cvt.model import build_keras as build_cvt
+    from vit_porting.families.cvt.model import build_keras as build_cvt
+    from vit_porting.workers.protocol import run_worker
 
     mapping = get_family("cvt").load_mapping()
     # weight shapes depend on the architecture only (no position embedding): one variant of each
     specs = [get_variant(name) for name in ("cvt-13-224", "cvt-21-384-22k", "cvt-w24-384-22k")]
-    all_shapes = run_worker("parity.run_torch", {"job": "state_shapes", "specs": [s.to_dict() for s in specs]},
+    all_shapes = run_worker("torch", {"job": "state_shapes", "specs": [s.to_dict() for s in specs]},
                             tmp_path)["shapes"]
     for spec in specs:
         shapes = all_shapes[spec.name]
@@ -208,7 +208,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
 def test_keras_layers_serialise_and_activations_differ():
     import keras
 
-    from porting.families.cvt.model import build_keras as build_cvt
+    from vit_porting.families.cvt.model import build_keras as build_cvt
 
     config = CvTConfig(image_size=64, depths=(1, 1, 1), num_classes=5)
     model = build_cvt(config, name="cvt_tiny")
@@ -294,12 +294,12 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
     """The QuickGELU patch of the reference is not a no-op: same weights, different logits."""
     result = _python("""
         import json, torch
-        from parity.inputs import random_images
-        from parity.references import call_hf_image_classifier, run_reference
-        from porting.families import get_family, get_variant
-        from porting.families.cvt.reference import build_reference as build_hf_cvt
-        from porting.families.cvt.reference import reference_taps as hf_cvt_taps
-        from porting.sources import perturb_
+        from vit_porting.parity.inputs import random_images
+        from vit_porting.families.torch_reference import call_hf_image_classifier, run_reference
+        from vit_porting.families.registry import get_family, get_variant
+        from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
+        from vit_porting.families.cvt.reference import reference_taps as hf_cvt_taps
+        from vit_porting.weights.sources import perturb_
         spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
         quick = build_hf_cvt(spec)
         perturb_(quick, 0, get_family("cvt").perturbation)
@@ -322,10 +322,10 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
     result = _python(f"""
         import json, re, torch
         from safetensors.torch import save_file
-        from porting.families import get_family
-        from porting.families.base import VariantSpec
-        from porting.families.cvt.reference import build_reference as build_hf_cvt
-        from porting.sources import perturb_
+        from vit_porting.families.registry import get_family
+        from vit_porting.families.base import VariantSpec
+        from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
+        from vit_porting.weights.sources import perturb_
         spec = VariantSpec.from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))
         model = build_hf_cvt(spec)
         perturb_(model, 3, get_family("cvt").perturbation)

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.images import preprocess_image, resize_and_crop
-from parity.worker import run_worker
-from porting.attention_viz import class_attention_maps
-from porting.evaluate import EvalError, EvalOptions, discover, evaluate, spec_preprocessing
-from porting.families import get_variant
-from porting.manifest import read_manifest, verify_manifest
-from porting.pipeline import PortOptions, port
+from vit_porting.attention import class_attention_maps
+from vit_porting.evaluate import EvalError, EvalOptions, discover, evaluate, spec_preprocessing
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import read_manifest, verify_manifest
+from vit_porting.parity.images import preprocess_image, resize_and_crop
+from vit_porting.pipeline import PortOptions, port
+from vit_porting.workers.protocol import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"
@@ -91,7 +91,7 @@ def test_shared_preprocessing_matches_timm(data, tmp_path):
         "cvt-13-384": {"config": {**cfg, "input_size": [3, 384, 384], "crop_pct": 1.0, "crop_mode": "squash"}},
     }
     for name, job in cases.items():
-        result = run_worker("parity.run_eval", {"job": "timm_preprocess", "images": files,
+        result = run_worker("eval", {"job": "timm_preprocess", "images": files,
                                                 "out": str(tmp_path / f"{name}.npy"), **job}, tmp_path)
         theirs = np.load(tmp_path / f"{name}.npy")
         pre = spec_preprocessing(get_variant(name))
@@ -114,7 +114,7 @@ def test_card_preprocessing_snippet_is_timms_transform(data, tmp_path):
 
     from PIL import Image
 
-    from porting.card import preprocessing_snippet
+    from vit_porting.publish.card import preprocessing_snippet
 
     files = [str(p) for p in data[1] if p.suffix == ".jpg"]
     cfg = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic"}
@@ -128,7 +128,7 @@ def test_card_preprocessing_snippet_is_timms_transform(data, tmp_path):
                        {"config": {**cfg, "input_size": [3, 384, 384], "crop_pct": 1.0, "crop_mode": "squash"}}),
     }
     for name, (spec, job) in cases.items():
-        run_worker("parity.run_eval", {"job": "timm_preprocess", "images": files,
+        run_worker("eval", {"job": "timm_preprocess", "images": files,
                                        "out": str(tmp_path / f"{name}.npy"), **job}, tmp_path)
         theirs = np.load(tmp_path / f"{name}.npy")
         namespace: dict = {}
@@ -190,7 +190,7 @@ def test_class_folders_are_matched_to_the_models_class_names(ported, data, tmp_p
     that are not its class names are refused in one line saying how to map them."""
     from PIL import Image
 
-    from porting.manifest import read_record
+    from vit_porting.manifest import read_record
 
     labels = read_record(ported).labels
     assert labels["set"] == "imagenet-1k" and len(labels["names"]) == 1000
@@ -278,7 +278,7 @@ def test_eval_labels_file_counts_exactly(ported, data, tmp_path):
     labels = [int(ranked[i, (0, 2, 99)[i % 3]]) for i in range(len(rel))]
     (tmp_path / "labels.txt").write_text("".join(f"{f} {lab}\n" for f, lab in zip(rel, labels, strict=True)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "porting.cli", "eval", str(ported), str(root), "--labels",
+    proc = subprocess.run([sys.executable, "-m", "vit_porting.cli", "eval", str(ported), str(root), "--labels",
                            str(tmp_path / "labels.txt"), "--runtimes", "onnxruntime", "--batch", "3", "--no-progress"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -315,8 +315,8 @@ def test_attention_png_draws_the_model_outputs(ported, data, tmp_path):
     import keras
     from PIL import Image
 
-    import porting.families.cait.model  # noqa: F401  (registers the layers for load_model)
-    from porting.attention_viz import attention_figure
+    import vit_porting.families.cait.model  # noqa: F401  (registers the layers for load_model)
+    from vit_porting.attention import attention_figure
 
     image = data[0] / "n04008634" / "crop.jpg"  # non-square
     results = {}

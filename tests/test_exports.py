@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.compare import compare_outputs
-from parity.timing import pick
-from parity.worker import QUIET_ENV
-from porting.export_ort import write_graphs
-from porting.families import get_variant
-from porting.manifest import MANIFEST_NAME, verify_manifest
-from porting.pipeline import PortOptions, port
+from vit_porting.export.onnx_serving import write_graphs
+from vit_porting.export.timing import pick
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import MANIFEST_NAME, verify_manifest
+from vit_porting.parity.compare import compare_outputs
+from vit_porting.pipeline import PortOptions, port
+from vit_porting.workers.protocol import QUIET_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"
@@ -63,12 +63,12 @@ def ported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_outputs(ported):
-    """model.keras reloaded in a fresh process (``import porting.families.cait.model`` registers its layers),
+    """model.keras reloaded in a fresh process (``import vit_porting.families.cait.model`` registers its layers),
     run on the test images, then fine-tuned for one step."""
     _, folder, root = ported
     result = _python(f"""
         import json, numpy as np, keras
-        import porting.families.cait.model  # registers the vit_porting layers
+        import vit_porting.families.cait.model  # registers the vit_porting layers
         model = keras.saving.load_model({str(folder / "model.keras")!r})
         images = np.load({str(root / "images.npy")!r})
         out = {{k: keras.ops.convert_to_numpy(v) for k, v in model(images, training=False).items()}}
@@ -139,7 +139,7 @@ def test_saved_model_loads_without_project_code(ported, keras_outputs):
 
         class NoProject(importlib.abc.MetaPathFinder):  # the project is pip-installed (editable): block it
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("porting", "parity"):
+                if name.split(".")[0] == "vit_porting":
                     raise ImportError(f"project code imported: {{name}}")
 
         sys.meta_path.insert(0, NoProject())
@@ -161,7 +161,7 @@ def test_saved_model_loads_without_project_code(ported, keras_outputs):
                           "batch1": {{k: list(v.shape) for k, v in out1.items()}},
                           "layer_equal": bool(np.array_equal(via_layer["logits"], out["serving_default"]["logits"])),
                           "layer_outputs": sorted(via_layer),
-                          "project_modules": [m for m in sys.modules if m.split(".")[0] in ("porting", "parity")]}}))
+                          "project_modules": [m for m in sys.modules if m.split(".")[0] == "vit_porting"]}}))
     """, root, project=False)
     assert result["project_modules"] == []
     assert result["input_shape"] == [None, 224, 224, 3] and result["input_dtype"] == "float32"
@@ -189,7 +189,7 @@ def test_saved_model_loads_without_project_code(ported, keras_outputs):
     # the features are what the classifier reads: its affine map of them is the logits
     import keras
 
-    import porting.families.cait.model  # noqa: F401  (registers the layers)
+    import vit_porting.families.cait.model  # noqa: F401  (registers the layers)
 
     head = keras.saving.load_model(folder / "model.keras", compile=False).get_layer("head")
     features = np.load(root / "features.npy")
@@ -215,9 +215,9 @@ def test_the_serving_graph_not_chosen_serves_the_same_function(ported, keras_out
     other = next(g for g in ("xla", "tf.function") if g != chosen)
     result = _python(f"""
         import json, numpy as np, keras, tensorflow as tf
-        import porting.families.cait.model  # registers the vit_porting layers
-        from porting.export import write_saved_model
-        from porting.families import get_family
+        import vit_porting.families.cait.model  # registers the vit_porting layers
+        from vit_porting.export.saved_model import write_saved_model
+        from vit_porting.families.registry import get_family
         model = keras.saving.load_model({str(folder / "model.keras")!r})
         record = write_saved_model(model, {str(root / "other_saved_model")!r}, get_family("cait").keras_heads,
                                    serving={other!r})["serving"]
@@ -358,8 +358,8 @@ def test_safetensors_loads_into_timm_strictly(ported):
     result = _python(f"""
         import json, torch, timm
         from safetensors.torch import load_file
-        from porting.families import get_variant
-        from porting.families.cait import timm_kwargs
+        from vit_porting.families.registry import get_variant
+        from vit_porting.families.cait import timm_kwargs
         spec = get_variant({VARIANT!r}).with_config(depth={DEPTH})
         model = timm.create_model({VARIANT!r}, pretrained=False, **timm_kwargs(spec.config))
         state = load_file({str(folder / "model.safetensors")!r})
@@ -392,7 +392,7 @@ def test_saved_model_stores_each_weight_once(ported):
 
 def test_interrupted_export_leaves_nothing_behind(tmp_path, monkeypatch):
     """An exporter that dies after writing part of the folder: no final folder, no temp folder."""
-    import porting.pipeline as pipeline
+    import vit_porting.pipeline as pipeline
 
     real = pipeline.run_worker
 
@@ -417,10 +417,10 @@ def test_onnx_with_external_data_matches_the_single_file(ported, tmp_path):
     single-file export's."""
     import onnxruntime as ort
 
-    from parity.worker import run_worker
+    from vit_porting.workers.protocol import run_worker
 
     report, folder, root = ported
-    result = run_worker("parity.run_torch", {"job": "onnx", "spec": _spec().to_dict(), "out": str(tmp_path),
+    result = run_worker("torch", {"job": "onnx", "spec": _spec().to_dict(), "out": str(tmp_path),
                                              "candidate": str(folder / "model.safetensors"),
                                              "external_data_bytes": 0}, tmp_path / "work")
     assert result["external_data"]

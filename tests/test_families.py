@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.worker import QUIET_ENV
-from porting.families import BUILTIN, families, get_family
-from porting.families.base import Family, KerasSide
-from porting.manifest import verify_manifest
+from vit_porting.families.base import Family, KerasSide
+from vit_porting.families.registry import BUILTIN, families, get_family
+from vit_porting.manifest import verify_manifest
+from vit_porting.workers.protocol import QUIET_ENV
 
 from conftest import ROOT
 
@@ -34,7 +34,7 @@ def _env(**extra: str) -> dict:
 
 
 def _cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "porting.cli", *args], cwd=cwd, env=env or _env(),
+    return subprocess.run([sys.executable, "-m", "vit_porting.cli", *args], cwd=cwd, env=env or _env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -62,8 +62,8 @@ def test_every_family_meets_the_contract():
 def test_every_reference_module_meets_the_torch_contract():
     code = textwrap.dedent("""
         import json
-        from porting.families import add_family, families
-        from porting.families.base import TorchSide
+        from vit_porting.families.registry import add_family, families
+        from vit_porting.families.base import TorchSide
         add_family("toy_family:FAMILY")
         print(json.dumps({name: isinstance(f.torch(), TorchSide) for name, f in families().items()}))
     """)
@@ -85,20 +85,20 @@ def test_shared_code_names_no_family():
     """Outside a family's folder no name or string names a family, but the registry's lines."""
     names = set(families())
     found = []
-    for path in sorted([*ROOT.glob("porting/**/*.py"), *ROOT.glob("parity/**/*.py"), *ROOT.glob("benchmarks/*.py")]):
+    for path in sorted([*ROOT.glob("vit_porting/**/*.py"), *ROOT.glob("benchmarks/*.py")]):
         rel = path.relative_to(ROOT).as_posix()
-        if any(rel.startswith(f"porting/families/{name}/") for name in names):
+        if any(rel.startswith(f"vit_porting/families/{name}/") for name in names):
             continue
         if rel.startswith("benchmarks/") and path.stem.rsplit("_", 1)[-1] in names:
             continue  # a benchmark named <peer>_<family>.py compares that family with a peer library
         found += _tokens_naming(names, path)
-    registry = [f'porting/families/__init__.py:{i}: "{line}"' for i, line in
+    registry = [f'vit_porting/families/registry.py:{i}: "{line}"' for i, line in
                 enumerate(BUILTIN, start=_registry_line())]
     assert sorted(found) == sorted(registry)
 
 
 def _registry_line() -> int:
-    lines = (ROOT / "porting/families/__init__.py").read_text().splitlines()
+    lines = (ROOT / "vit_porting/families/registry.py").read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if BUILTIN[0] in line)
 
 
@@ -180,7 +180,7 @@ def test_a_family_registers_through_an_entry_point(tmp_path):
 
 
 def test_the_registry_refuses_clashing_families():
-    from porting.families import FamilyError, _register
+    from vit_porting.families.registry import FamilyError, _register
 
     cait = get_family("cait")
     with pytest.raises(FamilyError, match="two families are named 'cait'"):
@@ -204,10 +204,16 @@ def test_the_installed_wheel_ports_outside_the_checkout(tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIT_PORTING_FAMILIES")}
     env.update(QUIET_ENV, PYTHONPATH=str(target))
-    where = subprocess.run([sys.executable, "-c", "import porting, parity; print(porting.__file__, parity.__file__)"],
+    # one import package: nothing generic (porting, parity), no benchmarks or tests
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin") \
+        == ["vit_porting"]
+    probe = ("import json, sys, vit_porting; print(json.dumps([vit_porting.__file__, "
+             "sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)]))")
+    where = subprocess.run([sys.executable, "-c", probe],
                            cwd=work, env=env, capture_output=True, text=True, timeout=120)
-    assert where.stdout.split() and all(p.startswith(str(target)) for p in where.stdout.split()), where
-    assert sorted(p.name for p in (target / "porting" / "families").glob("*/*.yaml")) == [
+    location, frameworks = json.loads(where.stdout)
+    assert location.startswith(str(target)) and frameworks == [], where
+    assert sorted(p.name for p in (target / "vit_porting" / "families").glob("*/*.yaml")) == [
         "cait.yaml", "cvt.yaml", "cvt_microsoft.yaml", "vit.yaml"]
 
     listing = _cli("list", cwd=work, env=env)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from porting.families import get_family
-from porting.mapping import MappingError, MappingFileError, MappingSpec
-from porting.transforms import TRANSFORMS, get_transform, register_transform
+from vit_porting.families.registry import get_family
+from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec
+from vit_porting.mapping.transforms import TRANSFORMS, get_transform, register_transform
 
 RULES = """
 family: toy

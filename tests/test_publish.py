@@ -20,13 +20,13 @@ import kagglehub
 import numpy as np
 import pytest
 
-from porting.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
-from porting.families import get_variant
-from porting.layout import FORMATS
-from porting.manifest import PortRecord, read_manifest, read_record, sha256_file, verify_manifest, write_manifest
-from porting.pipeline import TOOLKIT_VERSION, PortOptions, port
-from porting.publish import PublishError, parse_target, publish, stage
-from porting.safety import STAGING_MARKER
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import PortRecord, read_manifest, read_record, sha256_file, verify_manifest, write_manifest
+from vit_porting.pipeline import TOOLKIT_VERSION, PortOptions, port
+from vit_porting.publish.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
+from vit_porting.publish.forms import FORMATS
+from vit_porting.publish.upload import PublishError, parse_target, publish, stage
+from vit_porting.safety import STAGING_MARKER
 
 from conftest import ROOT
 
@@ -99,7 +99,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "porting.cli", "publish", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vit_porting.cli", "publish", *args], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
@@ -144,7 +144,7 @@ def test_port_writes_a_card_the_manifest_covers(ported):
     # a snippet per format; timm reads the folder's config.json (this port's reduced depth in it)
     blocks = python_blocks(body)
     joined = "\n".join(blocks)
-    for needle in ("keras.saving.load_model(\"model.keras\"", "import porting.families.cait.model",
+    for needle in ("keras.saving.load_model(\"model.keras\"", "import vit_porting.families.cait.model",
                    "tf.saved_model.load(", "keras.layers.TFSMLayer(", "ort.InferenceSession(\"model.onnx\"",
                    "timm.create_model(\"local-dir:.\", pretrained=True)", "def preprocess(image"):
         assert needle in joined, needle
@@ -182,7 +182,7 @@ def test_card_of_a_trained_checkpoint_and_of_cvt(ported):
                                                         fmt=pytorch))[0]
     blocks = python_blocks(body)
     assert any("CvtForImageClassification" in b and "QuickGELUActivation" in b for b in blocks)
-    assert any("import porting.families.cvt.model" in b for b in blocks)
+    assert any("import vit_porting.families.cvt.model" in b for b in blocks)
     for block in blocks:
         compile(block, "<card>", "exec")
 
@@ -241,11 +241,11 @@ class NoToolkit(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
         top = name.split(".")[0]
-        allowed = ALLOW_KERAS_LAYERS and (name in ("porting", "porting.layers", "porting.families",
-                                                   "porting.families.base")
-                                          or name.startswith("porting.families.") and name.count(".") <= 3
-                                          and not name.endswith(".reference"))
-        if top == "parity" or (top == "porting" and not allowed):
+        family_module = name.startswith("vit_porting.families.") and (
+            name.count(".") == 2 and name.rsplit(".", 1)[1] not in ("registry", "torch_reference")
+            or name.count(".") == 3 and name.endswith(".model"))
+        allowed = ALLOW_KERAS_LAYERS and (name in ("vit_porting", "vit_porting.families") or family_module)
+        if top == "vit_porting" and not allowed:
             raise ImportError(f"the toolkit was imported: {name}")
 
 
@@ -257,7 +257,7 @@ _LOADERS = {
     # form: (code computing `logits` from `images` in the staged form's folder, whether Keras layers are needed)
     "keras": ("""
 import keras
-import porting.families.{family}.model
+import vit_porting.families.registry.{family}.model
 logits = keras.ops.convert_to_numpy(keras.saving.load_model(FOLDER, compile=False)(images)["logits"])
 """, True),
     "savedmodel": ("""
@@ -281,12 +281,12 @@ with torch.no_grad():
 
 def _reference_logits(folder: Path, images: np.ndarray, work: Path) -> np.ndarray:
     """The port's PyTorch fp32 reference on ``images``, from the folder's model.safetensors."""
-    from parity.outputs import read_outputs
-    from parity.worker import run_worker
+    from vit_porting.parity.outputs import read_outputs
+    from vit_porting.workers.protocol import run_worker
 
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "inputs.npz", images=images)
-    run_worker("parity.run_torch", {"job": "reference", "spec": read_record(folder).spec.to_dict(),
+    run_worker("torch", {"job": "reference", "spec": read_record(folder).spec.to_dict(),
                                     "source": str(folder / "model.safetensors"), "inputs": str(work / "inputs.npz"),
                                     "out": str(work / "reference")}, work)
     return np.asarray(read_outputs(work / "reference")["logits"])
@@ -307,7 +307,7 @@ def test_each_staged_form_opens_with_its_ecosystems_loader(ported, cvt_ported, t
     what `pip install vit-porting` gives), agrees with the port's PyTorch reference within the
     parity tolerance. CvT's PyTorch form has no config.json: transformers' from_pretrained
     would compute exact GELU instead of the checkpoints' QuickGELU, so it must fail loudly."""
-    from parity.compare import load_policy
+    from vit_porting.parity.compare import load_policy
 
     tolerance = load_policy()["cpu"]["logits"]["max_normalized_diff"]
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1",
@@ -325,12 +325,13 @@ def test_each_staged_form_opens_with_its_ecosystems_loader(ported, cvt_ported, t
             script = (f"IMAGES = {str(tmp_path / f'{spec.name}.npy')!r}\nFOLDER = {str(staged.forms[key].folder)!r}\n"
                       f"ALLOW_KERAS_LAYERS = {keras_layers}\n" + _OUTSIDE_THE_TOOLKIT
                       + code.format(family=spec.family) + "\nnp.save(IMAGES + '.out.npy', logits)\n"
-                      + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('porting', 'parity'))))")
+                      + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'vit_porting')))")
             proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
                                   text=True, timeout=300)
             assert proc.returncode == 0, (spec.name, key, proc.stderr[-3000:])
             toolkit = json.loads(proc.stdout.splitlines()[-1])
-            assert not any(m.startswith(("parity", "porting.pipeline", "porting.sources")) for m in toolkit), toolkit
+            stack = ("vit_porting.parity", "vit_porting.workers", "vit_porting.pipeline", "vit_porting.weights")
+            assert not any(m.startswith(stack) for m in toolkit), toolkit
             logits = np.load(tmp_path / f"{spec.name}.npy.out.npy")
             diff = float(np.abs(logits - reference).max() / np.abs(reference).max())
             assert diff <= tolerance, (spec.name, key, diff)
@@ -528,7 +529,7 @@ def test_keras_snippet_runs_without_the_porting_stack(ported, tmp_path):
     """The card's own Keras snippet, run where torch, timm, transformers, ONNX, yaml and
     safetensors cannot be imported, opens model.keras and gives the logits the card's timm
     snippet computes from model.safetensors (within the parity tolerance)."""
-    from parity.compare import load_policy
+    from vit_porting.parity.compare import load_policy
 
     folder, _ = ported
     card = (folder / CARD_NAME).read_text()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from parity.images import PHOTOS
-from porting.families import get_family, get_variant
-from porting.manifest import verify_manifest
-from porting.pipeline import PortError, PortOptions, port, recheck
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.manifest import verify_manifest
+from vit_porting.parity.images import PHOTOS
+from vit_porting.pipeline import PortError, PortOptions, port, recheck
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "cait_xxs24_224"
@@ -94,7 +94,7 @@ def test_parity_subcommand_rechecks_without_converting(ported):
     folder = out / VARIANT
     before = json.loads((folder / "parity.json").read_text())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "porting.cli", "parity", VARIANT, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "vit_porting.cli", "parity", VARIANT, "--out", str(out),
                            "--backends", "tensorflow,torch,jax"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from porting import pipeline
-from porting.families import get_variant
-from porting.manifest import verify_manifest, write_manifest
-from porting.pipeline import PortError, PortOptions, port
+from vit_porting import pipeline
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import verify_manifest, write_manifest
+from vit_porting.pipeline import PortError, PortOptions, port
 
 from conftest import ROOT, run_torch_job
 
@@ -25,7 +25,7 @@ VARIANT_ARGS = ["cait_xxs24_224"]
 
 
 def _cli(*args: str, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "porting.cli", "port", *VARIANT_ARGS, "--out", str(out), *args],
+    return subprocess.run([sys.executable, "-m", "vit_porting.cli", "port", *VARIANT_ARGS, "--out", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -196,7 +196,7 @@ def test_failing_writer_leaves_previous_folder(tmp_path, previous, monkeypatch):
 
 
 def test_sigint_mid_port_leaves_previous_folder(tmp_path, previous):
-    proc = subprocess.Popen([sys.executable, "-m", "porting.cli", "port", "cait_xxs24_224", "--weights", "random",
+    proc = subprocess.Popen([sys.executable, "-m", "vit_porting.cli", "port", "cait_xxs24_224", "--weights", "random",
                              "--force", "--out", str(previous.parent)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             # as from a terminal: a test process may ignore SIGINT (pytest-xdist's workers do),
                             # and Python keeps an inherited SIG_IGN
@@ -225,7 +225,7 @@ def test_verify_detects_files_changed_since_the_port(tmp_path):
     folder = tmp_path / "cait_xxs24_224"
 
     def verify() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "porting.cli", "verify", str(folder)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "vit_porting.cli", "verify", str(folder)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
     assert verify().returncode == 0

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from parity import worker
-from porting import cli, pipeline
-from porting.families import get_family, get_variant
-from porting.mapping import MappingError, MappingFileError, MappingSpec
+from vit_porting import cli, pipeline
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec
+from vit_porting.workers import protocol as worker
 
 from conftest import ROOT, error_line, run_torch_job
 
@@ -26,7 +26,7 @@ VARIANT = "cait_xxs24_224"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "porting.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "vit_porting.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -228,8 +228,8 @@ def test_project_mappings_use_every_rule_at_reduced_depths(tmp_path):
     """The reduced depths the tests port (CaiT depth 1 with one class-attention block, CvT one
     block per stage) still plan with every rule used; their feature extractors plan when the
     classifier prefix is allowed, as run_keras allows it, and not otherwise."""
-    from porting.families.cait.model import build_keras as build_cait
-    from porting.families.cvt.model import build_keras as build_cvt
+    from vit_porting.families.cait.model import build_keras as build_cait
+    from vit_porting.families.cvt.model import build_keras as build_cvt
 
     def load_mapping(family: str) -> MappingSpec:
         return get_family(family).load_mapping()

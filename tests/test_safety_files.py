@@ -24,12 +24,12 @@ import kagglehub
 import numpy as np
 import pytest
 
-from porting import cli
-from porting.families import get_variant
-from porting.manifest import sha256_file, verify_manifest
-from porting.pipeline import PortOptions, port
-from porting.publish import parse_target
-from porting.safety import (
+from vit_porting import cli
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import sha256_file, verify_manifest
+from vit_porting.pipeline import PortOptions, port
+from vit_porting.publish.upload import parse_target
+from vit_porting.safety import (
     OWNER_NAME,
     STAGING_MARKER,
     FolderBusyError,
@@ -345,8 +345,8 @@ def _port_process(out: Path, depth: int | None = 1) -> subprocess.Popen:
     """A port without exports in a process of its own (the one a test kills); ``depth`` None:
     full depth, whose Keras worker runs for many seconds."""
     spec = f"get_variant({NAME!r})" + (f".with_config(depth={depth})" if depth else "")
-    code = ("import sys; from pathlib import Path; from porting.pipeline import PortOptions, port; "
-            "from porting.families import get_variant; "
+    code = ("import sys; from pathlib import Path; from vit_porting.pipeline import PortOptions, port; "
+            "from vit_porting.families.registry import get_variant; "
             f"report = port({spec}, PortOptions(weights='random', out_root=Path({str(out)!r}), force=True, "
             "exports=False, photos=False)); sys.exit(0 if report['passed'] else 1)")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -357,8 +357,8 @@ def test_sigkill_takes_the_workers_along_and_the_next_port_removes_the_leftovers
     out = tmp_path / "out"
     parent = _port_process(out, depth=None)
     try:
-        keras_worker = _wait_for(lambda: next((c for c in _children(parent.pid)
-                                               if "parity.run_keras" in _cmdline(c)), None), 300, "the Keras worker")
+        keras_worker = _wait_for(lambda: next((c for c in _children(parent.pid) if "vit_porting.workers.run_keras"
+                                               in _cmdline(c)), None), 300, "the Keras worker")
         time.sleep(1.0)  # importing TensorFlow; converting and running 24 blocks would take it many seconds more
         workers = _children(parent.pid)
         assert keras_worker in workers
@@ -387,7 +387,7 @@ def test_worker_polls_for_its_parent_where_the_kernel_cannot_end_it(tmp_path):
     """The fallback off Linux (no PR_SET_PDEATHSIG), exercised here: a worker whose parent exits
     is adopted, notices within a second and exits."""
     pid_file = tmp_path / "pid"
-    child = ("import os, time; from parity.worker import _poll_parent; "
+    child = ("import os, time; from vit_porting.workers.protocol import _poll_parent; "
              f"_poll_parent(os.getppid()); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
     parent = f"""
 import os, subprocess, sys, time
@@ -409,8 +409,8 @@ def test_second_port_of_a_destination_is_refused_naming_the_first(tmp_path):
     try:
         lock = out / f".{NAME}.lock"
         _wait_for(lambda: lock.exists() and f'"pid": {first.pid},' in lock.read_text(), 300, "the first port's lock")
-        second = subprocess.run([sys.executable, "-m", "porting.cli", "port", NAME, "--weights", "random", "--force",
-                                 "--no-export", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+        second = subprocess.run([sys.executable, "-m", "vit_porting.cli", "port", NAME, "--weights", "random",
+                                 "--force", "--no-export", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                                 timeout=300)
         assert second.returncode == 2
         assert error_line(second.stderr) == (f"error: {out / NAME} is in use by process {first.pid} (vit-port port "

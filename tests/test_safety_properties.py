@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from porting.families import families
-from porting.mapping import MappingFileError, MappingSpec, RenameSpec
+from vit_porting.families.registry import families
+from vit_porting.mapping.engine import MappingFileError, MappingSpec, RenameSpec
 
 from conftest import ROOT
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity import timing
-from parity.compare import agreement, meets_floor
-from parity.timing import choose_fastest, pick
-from porting.layout import withheld_files
+from vit_porting.export import timing
+from vit_porting.export.timing import choose_fastest, pick
+from vit_porting.parity.compare import agreement, meets_floor
+from vit_porting.publish.forms import withheld_files
 
 
 def test_a_less_preferred_graph_must_win_by_the_margin():

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from porting.families import get_variant
-from porting.manifest import verify_manifest
-from porting.pipeline import PortOptions, port
+from vit_porting.families.registry import get_variant
+from vit_porting.manifest import verify_manifest
+from vit_porting.pipeline import PortOptions, port
 
 pytestmark = pytest.mark.slow
 

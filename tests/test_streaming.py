@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from parity.outputs import OutputStore, load_outputs, plan_calls, read_outputs, run_on_inputs, static_shapes
-from porting.mapping import MappingSpec
-from porting.tensor_io import LazyArray, SafetensorsReader, UnsupportedDtype, write_safetensors
+from vit_porting.mapping.engine import MappingSpec
+from vit_porting.mapping.tensor_io import LazyArray, SafetensorsReader, UnsupportedDtype, write_safetensors
+from vit_porting.parity.outputs import OutputStore, load_outputs, plan_calls, read_outputs, run_on_inputs, static_shapes
 
 from test_mapping import RULES, _source, _targets
 
@@ -170,8 +170,8 @@ def test_eager_walker_equals_keras_call(family):
     """``call_functional`` runs the same ops as ``model(x)``: identical results, all or some outputs."""
     import keras
 
-    from porting.convert import KerasRunner, build_keras_model, call_functional
-    from porting.families import get_variant
+    from vit_porting.families.registry import get_variant
+    from vit_porting.mapping.convert import KerasRunner, build_keras_model, call_functional
 
     spec = (get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=7) if family == "cait"
             else get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64, num_classes=7))
@@ -198,8 +198,8 @@ def test_eager_walker_equals_keras_call(family):
 def test_port_within_a_tiny_output_budget_splits_every_runtime_and_passes(tmp_path, quiet_log):
     """End to end with outputs far over the budget: every runtime computes one image and one group
     of outputs per call (the reference streams its hooks), and parity still holds."""
-    from porting.families import get_variant
-    from porting.pipeline import PortOptions, port
+    from vit_porting.families.registry import get_variant
+    from vit_porting.pipeline import PortOptions, port
 
     spec = get_variant("cait_xxs24_224").with_config(depth=2, image_size=64, num_classes=10)
     report = port(spec, PortOptions(weights="random", out_root=tmp_path, photos=False, output_budget_mb=0.005,

@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from porting.attention_viz import attention_rollout, class_attention_maps
-from porting.evaluate import EvalError
-from porting.families import get_family, get_variant
-from porting.families.vit import VARIANTS, ViTConfig
-from porting.families.vit.model import build_keras
-from porting.layers import Mlp
+from vit_porting.attention import attention_rollout, class_attention_maps
+from vit_porting.evaluate import EvalError
+from vit_porting.families.layers import Mlp
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.families.vit import VARIANTS, ViTConfig
+from vit_porting.families.vit.model import build_keras
 
 IMAGES = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
 

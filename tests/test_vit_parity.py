@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.compare import load_policy
-from parity.worker import QUIET_ENV
-from porting.families import get_family, get_variant
-from porting.families.vit import VARIANTS
-from porting.pipeline import PortOptions, port
+from vit_porting.families.registry import get_family, get_variant
+from vit_porting.families.vit import VARIANTS
+from vit_porting.parity.compare import load_policy
+from vit_porting.pipeline import PortOptions, port
+from vit_porting.workers.protocol import QUIET_ENV
 
 from conftest import ROOT, run_torch_job
 
@@ -97,8 +97,8 @@ def test_rollout_picture_is_the_models_own_rollout(distilled_port, tmp_path):
     import skimage.data
     from PIL import Image
 
-    import porting.families.vit.model  # noqa: F401  (registers the layers for load_model)
-    from porting.attention_viz import attention_figure
+    import vit_porting.families.vit.model  # noqa: F401  (registers the layers for load_model)
+    from vit_porting.attention import attention_figure
 
     _, folder = distilled_port
     image = tmp_path / "chelsea.png"
@@ -166,7 +166,7 @@ _TIMM_FACTS = textwrap.dedent("""
     import timm, torch
     from timm.layers import LayerScale
     from timm.models.deit import VisionTransformerDistilled
-    from porting.families import get_family
+    from vit_porting.families.registry import get_family
 
     facts = {}
     for spec in get_family("vit").variants:
@@ -225,7 +225,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(timm_facts, tmp_pa
     reference the parity harness builds from our config has the same state_dict."""
     import keras
 
-    from porting.families.vit.model import build_keras
+    from vit_porting.families.vit.model import build_keras
 
     ours = run_torch_job({"job": "state_shapes", "specs": [s.to_dict() for s in VARIANTS]}, tmp_path)["shapes"]
     mapping = get_family("vit").load_mapping()

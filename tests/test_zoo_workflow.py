@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from porting.families import all_variants, families
+from vit_porting.families.registry import all_variants, families
 
 from conftest import ROOT
 
@@ -55,7 +55,7 @@ def test_triggers(workflow):
     on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert on["schedule"] and "workflow_dispatch" in on
     for event in ("push", "pull_request"):
-        assert set(on[event]["paths"]) == {"mappings/**", "porting/families/**"}
+        assert set(on[event]["paths"]) == {"mappings/**", "vit_porting/families/**"}
 
 
 def _run_step(workflow: dict, shim: Path, env: dict) -> dict:

@@ -1,7 +1,7 @@
 """A fourth model family defined only in the tests: a two-block ViT on 32 px images.
 
-It proves the plug-in contract from outside the package: nothing in ``porting/`` or
-``parity/`` knows it, and it is registered with ``--family toy_family:FAMILY`` or through the
+It proves the plug-in contract from outside the package: nothing in ``vit_porting/``
+knows it, and it is registered with ``--family toy_family:FAMILY`` or through the
 ``vit_porting.families`` entry point. Standard library only, like every family's ``__init__``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from porting.families.base import ClassAttention, Family, Perturbation, VariantSpec
+from vit_porting.families.base import ClassAttention, Family, Perturbation, VariantSpec
 
 
 @dataclass(frozen=True)

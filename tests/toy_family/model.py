@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from porting.layers import ClassToken, Mlp, kernel_init
 from toy_family import ToyConfig
+from vit_porting.families.layers import ClassToken, Mlp, kernel_init
 
 PACKAGE = "toy_family"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from porting.families.base import VariantSpec
-from porting.sources import Origin, PretrainedUnavailableError
+from vit_porting.families.base import VariantSpec
+from vit_porting.weights.sources import Origin, PretrainedUnavailableError
 
 
 class Attention(nn.Module):

@@ -1,0 +1,208 @@
+"""PyTorch worker: source weights, reference outputs, and the round-trip check.
+
+``python -m vit_porting.workers.run_torch JOB.json``; never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vit_porting.families.base import VariantSpec
+from vit_porting.families.registry import get_family
+from vit_porting.mapping.engine import MappingError, MappingFileError
+from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
+from vit_porting.weights.sources import (
+    CheckpointError,
+    class_labels,
+    open_checkpoint,
+    refuse_other_family,
+    resolve_weights,
+)
+from vit_porting.workers.protocol import worker_main
+
+
+def _spec(job: dict) -> VariantSpec:
+    return VariantSpec.from_dict(job["spec"])
+
+
+def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
+    """The source model holding the weights of ``source`` (strict), built without a random init:
+    on the meta device, with the checkpoint's tensors assigned as its parameters, so the
+    weights are in memory once (unless the model has state no checkpoint carries)."""
+    builder = get_family(spec.family).torch().build_reference
+    with torch.device("meta"):
+        model = builder(spec)
+    state = open_checkpoint(source)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: does not load into the PyTorch {spec.name}: {exc}") from None
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # non-persistent buffers
+        model = builder(spec)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def job_source(job: dict) -> dict:
+    """Resolve WEIGHTS= into one safetensors file in the family's canonical key layout.
+
+    The mapping's declarative renames (e.g. a 'module.' prefix) are applied here, so that the
+    reference, the converter and the round trip all read the same keys.
+    """
+    spec = _spec(job)
+    mapping = get_family(spec.family).load_mapping(job.get("mapping"), spec.config)
+    state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
+    if origin.kind == "file":
+        refuse_other_family(spec, state, mapping, origin)
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = mapping.rename_key(key)
+        if new in renamed:
+            raise CheckpointError(f"{origin.description}: two keys become {new!r} after the mapping's renames")
+        renamed[new] = value
+    _save(renamed, job["out"])
+    return {"origin": origin.to_dict(), "num_tensors": len(renamed),
+            "num_params": int(sum(v.numel() for v in renamed.values())), "labels": class_labels(spec)}
+
+
+def _save(state: dict[str, torch.Tensor], path: str) -> None:
+    """Streamed (one tensor's bytes at a time) where numpy holds the dtypes, else safetensors'."""
+    from vit_porting.mapping.tensor_io import UnsupportedDtype, write_safetensors
+
+    try:
+        write_safetensors({k: v.detach().contiguous().numpy() for k, v in state.items()}, path)
+    except (UnsupportedDtype, TypeError):  # bfloat16 has no numpy dtype
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+
+
+def job_reference(job: dict) -> dict:
+    """Reference outputs (fp32 unless the job says float64) on the shared inputs."""
+    spec = _spec(job)
+    device = job.get("device", "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
+    model = _reference_model(spec, job["source"])
+    from vit_porting.families.torch_reference import reference_shapes, run_reference
+
+    # the modules whose outputs are the attention maps (and block outputs), and how to call the model
+    reference = get_family(spec.family).torch()
+    taps = reference.reference_taps(model, job.get("intermediates", False))
+    call = reference.call_reference
+    output_name = spec.head_name
+
+    def run(images: np.ndarray, names: list[str] | None = None, sink=None) -> dict[str, np.ndarray]:
+        return run_reference(model, images, taps, call, output_name, dtype=dtype, device=device, names=names,
+                             sink=sink)
+
+    # the seeded batch (every output) and the sample photographs (head output), if present
+    with np.load(job["inputs"]) as data:
+        image_shape = data["images"].shape[1:]
+    shapes = reference_shapes(model, taps, call, output_name, image_shape)
+    calls = run_on_inputs(run, job["inputs"], output_name, OutputStore(job["out"]), shapes,
+                          job.get("budget_mb", DEFAULT_BUDGET_MB), streams=True)
+    info = {"device": device, "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+            "calls": calls}
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def job_roundtrip(job: dict) -> dict:
+    """The mapping-run-backwards file must load into the reference strictly and equal the source
+    bit for bit, except for keys the mapping drops on purpose (each with its reason, reported).
+
+    The reference that loaded it then writes its library's own config file beside it
+    (``hub_config_dir``: timm's config.json), so that the library's loader opens the folder."""
+    spec = _spec(job)
+    model = _reference_model(spec, job["candidate"])  # strict=True load
+    reference = get_family(spec.family).torch()
+    hub_config = (reference.write_hub_config(model, spec, job["hub_config_dir"], job.get("labels"))
+                  if job.get("hub_config_dir") else None)
+    source = open_checkpoint(job["source"])  # one tensor at a time
+    loaded = model.state_dict()
+    dropped = get_family(spec.family).load_mapping(job.get("mapping")).dropped(source)
+    mismatched = [k for k in source
+                  if k not in dropped and (k not in loaded or not torch.equal(loaded[k], source[k]))]
+    return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
+            "num_tensors": len(source), "not_compared": len(dropped),
+            "not_compared_reasons": sorted(set(dropped.values())), "hub_config": hub_config}
+
+
+def job_state_shapes(job: dict) -> dict:
+    """Key -> shape of each reference model's state_dict, built on the meta device (no memory),
+    so mapping coverage of the largest variants can be checked without their weights."""
+    shapes, parameters = {}, {}
+    for spec_dict in job["specs"]:
+        spec = VariantSpec.from_dict(spec_dict)
+        with torch.device("meta"):
+            model = get_family(spec.family).torch().build_reference(spec)
+        shapes[spec.name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+        parameters[spec.name] = sum(p.numel() for p in model.parameters())
+    return {"shapes": shapes, "parameters": parameters}
+
+
+def onnx_metadata(spec: VariantSpec, labels: dict | None) -> dict[str, str]:
+    """``metadata_props`` of both ONNX files: what a serving user needs to feed the model and
+    read its output (values are strings; lists are JSON)."""
+    import json
+
+    from vit_porting.parity.images import resolve_preprocessing
+
+    pre = resolve_preprocessing(spec.preprocessing, spec.image_size)
+    meta = {"variant": spec.name, "layout": "NHWC",
+            "input_size": json.dumps([pre["input_size"], pre["input_size"], spec.config.in_channels]),
+            "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]), "interpolation": pre["interpolation"],
+            "crop_pct": str(pre["crop_pct"]), "crop_mode": pre["crop_mode"], "output": spec.head_name}
+    if labels:
+        meta.update(labels=json.dumps(labels["descriptions"]), label_names=json.dumps(labels["names"]))
+    return meta
+
+
+def model_facts(spec: VariantSpec) -> dict:
+    """Parameters, weight bytes (every state_dict tensor, as model.safetensors holds them) and FLOPs
+    of one image (2 x multiply-adds of matmuls and convolutions) of the reference, on the meta
+    device: no weights in memory, no arithmetic, about a second even for the largest variant."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    reference = get_family(spec.family).torch()
+    with torch.device("meta"):
+        model = reference.build_reference(spec).eval()
+        x = torch.zeros(1, spec.config.in_channels, spec.image_size, spec.image_size)
+    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
+        reference.call_reference(model, x)
+    return {"params": int(sum(p.numel() for p in model.parameters())),
+            "weight_bytes": int(sum(t.numel() * t.element_size() for t in model.state_dict().values())),
+            "flops_per_image": int(counter.get_total_flops())}
+
+
+def job_facts(job: dict) -> dict:
+    """``model_facts`` of each spec: what a collection schedules by (memory) and its card shows."""
+    return {"facts": {spec["name"]: model_facts(VariantSpec.from_dict(spec)) for spec in job["specs"]}}
+
+
+def job_onnx(job: dict) -> dict:
+    """model.onnx and model_attention.onnx from the ported weights (``candidate``: the
+    round-tripped model.safetensors, loaded strictly), vit_porting/export/onnx_export.py."""
+    from vit_porting.export.onnx_export import export_onnx
+
+    spec = _spec(job)
+    model = _reference_model(spec, job["candidate"])  # strict=True load
+    extra = {"external_data_bytes": job["external_data_bytes"]} if "external_data_bytes" in job else {}
+    return export_onnx(model, get_family(spec.family).torch(), job["out"], spec.image_size, spec.config.in_channels,
+                       head_name=spec.head_name, opset=job.get("opset", 18),
+                       metadata=onnx_metadata(spec, job.get("labels")), **extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    worker_main({"source": job_source, "reference": job_reference, "roundtrip": job_roundtrip,
+                 "state_shapes": job_state_shapes, "onnx": job_onnx, "facts": job_facts},
+                (CheckpointError, MappingError, MappingFileError), argv)
+
+
+if __name__ == "__main__":
+    main()
