@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vit_porting.export.timing import time_calls
+from vit_porting.families.registry import variant_from_dict
 from vit_porting.workers.protocol import worker_main
 
 
@@ -50,10 +51,9 @@ def job_matmul_peak(job: dict) -> dict:
 
 def job_flops(job: dict) -> dict:
     """FLOPs (2 x multiply-adds of matmuls and convolutions) of one image through the reference."""
-    from vit_porting.families.base import VariantSpec
     from vit_porting.workers.run_torch import model_facts
 
-    return {"flops_per_image": model_facts(VariantSpec.from_dict(job["spec"]))["flops_per_image"]}
+    return {"flops_per_image": model_facts(variant_from_dict(job["spec"]))["flops_per_image"]}
 
 
 def job_gemm_shapes(job: dict) -> dict:
@@ -63,11 +63,10 @@ def job_gemm_shapes(job: dict) -> dict:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from vit_porting.families.base import VariantSpec
     from vit_porting.families.registry import get_family
 
     aten = torch.ops.aten
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     reference = get_family(spec.family).torch()
     products: dict[tuple, int] = {}
 
@@ -122,10 +121,9 @@ def job_torch(job: dict) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from vit_porting.families.base import VariantSpec
     from vit_porting.families.registry import get_family
 
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     reference = get_family(spec.family).torch()
     model = reference.build_reference(spec).eval()
     model.load_state_dict(load_file(job["safetensors"]), strict=True)

@@ -36,15 +36,15 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench import machine_name  # noqa: E402
 from benchmarks.bench_worker import _batches  # noqa: E402
+from vit_porting.families.registry import variant_from_dict  # noqa: E402
 from vit_porting.workers.protocol import run_worker, worker_main  # noqa: E402
 
 KERAS_HUB_DIR = ROOT / "benchmarks" / ".work" / "kerashub"  # a --target install, when not in the environment
 
 
 def _spec(job: dict):
-    from vit_porting.families.base import VariantSpec
 
-    return VariantSpec.from_dict(job["spec"])
+    return variant_from_dict(job["spec"])
 
 
 def job_timm_logits(job: dict) -> dict:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_porting.families.registry import variant_from_dict
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "benchmarks" / ".work" / "nobuco-venv"
 # torch before TensorFlow in the process, as everywhere here; the versions of the measured run
@@ -43,10 +45,9 @@ def job_convert(job: dict) -> dict:
     import torch  # before TensorFlow (nobuco imports it)
     from safetensors.torch import load_file
 
-    from vit_porting.families.base import VariantSpec
     from vit_porting.families.registry import get_family
 
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     reference = get_family(spec.family).torch()
     model = reference.build_reference(spec).eval()
     model.load_state_dict(load_file(job["safetensors"]), strict=True)

@@ -12,6 +12,7 @@ from vit_porting.families.cait import VARIANTS as CAIT_VARIANTS
 from vit_porting.families.cait.model import build_keras as build_cait
 from vit_porting.families.layers import exact_gelu
 from vit_porting.families.registry import get_family, get_variant
+from vit_porting.mapping.engine import family_mapping
 
 
 def _small(**overrides):
@@ -82,7 +83,7 @@ def test_variable_paths_are_mapping_targets(name):
     """Every Keras variable path is produced by exactly one rule (readable paths, no strays)."""
     spec = get_variant(name).with_config(depth=1)
     model = build_cait(spec.config, initializer="zeros")
-    rules = get_family("cait").load_mapping().rules
+    rules = family_mapping(get_family("cait")).rules
     for w in model.weights:
         assert sum(bool(r.target_regex.match(w.path)) for r in rules) == 1, w.path
 

@@ -12,6 +12,7 @@ import pytest
 
 from vit_porting.families.cait import VARIANTS as CAIT_VARIANTS
 from vit_porting.families.registry import get_family, get_variant
+from vit_porting.mapping.engine import family_mapping
 from vit_porting.parity.compare import compare_outputs, load_policy
 from vit_porting.parity.inputs import random_images, write_inputs
 from vit_porting.parity.outputs import read_outputs
@@ -92,7 +93,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
 
     from vit_porting.families.cait.model import build_keras as build_cait
 
-    mapping = get_family("cait").load_mapping()
+    mapping = family_mapping(get_family("cait"))
     all_shapes = run_torch_job({"job": "state_shapes", "specs": [s.to_dict() for s in CAIT_VARIANTS]},
                                tmp_path)["shapes"]
     for spec in CAIT_VARIANTS:

@@ -20,8 +20,15 @@ import pytest
 
 from vit_porting.families.cvt import VARIANTS as CVT_VARIANTS
 from vit_porting.families.cvt import CvTConfig
-from vit_porting.families.registry import get_family, get_variant
-from vit_porting.mapping.engine import MappingFileError, MappingSpec, RenameError, RenameSpec
+from vit_porting.families.registry import get_family, get_variant, variant_from_dict
+from vit_porting.mapping.engine import (
+    MappingFileError,
+    MappingSpec,
+    RenameError,
+    RenameSpec,
+    family_mapping,
+    family_renames,
+)
 from vit_porting.pipeline import PortOptions, port
 from vit_porting.workers.protocol import QUIET_ENV, WorkerError
 
@@ -82,9 +89,8 @@ def test_config_refuses_bad_values_and_survives_json():
     with pytest.raises(ValueError, match="3 stages"):
         CvTConfig(depths=(1, 2, 3), num_heads=(1, 3))
     spec = get_variant("cvt-13-384")
-    from vit_porting.families.base import VariantSpec
 
-    assert VariantSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert variant_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
 # -- mapping engine features (no framework) ----------------------------------------------------
@@ -166,7 +172,7 @@ _TO_MICROSOFT = [
 
 def test_microsoft_rename_file_names():
     cvt = get_family("cvt")
-    renames = cvt.load_renames(cvt.layouts[0])
+    renames = family_renames(cvt, cvt.layouts[0])
     assert renames.rename_key("stage2.blocks.9.attn.conv_proj_v.bn.running_var") == (
         "cvt.encoder.stages.2.layers.9.attention.attention.convolution_projection_value."
         "convolution_projection.normalization.running_var")
@@ -174,7 +180,7 @@ def test_microsoft_rename_file_names():
     assert renames.rename_key("stage1.blocks.0.attn.proj.bias") == (
         "cvt.encoder.stages.1.layers.0.attention.output.dense.bias")
     assert renames.rename_key("head.weight") == "classifier.weight"
-    mapping = get_family("cvt").load_mapping()
+    mapping = family_mapping(get_family("cvt"))
     assert all(d.restore is not None for d in mapping.drops)
 
 
@@ -189,7 +195,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(tmp_path):
     from vit_porting.families.cvt.model import build_keras as build_cvt
     from vit_porting.workers.protocol import run_worker
 
-    mapping = get_family("cvt").load_mapping()
+    mapping = family_mapping(get_family("cvt"))
     # weight shapes depend on the architecture only (no position embedding): one variant of each
     specs = [get_variant(name) for name in ("cvt-13-224", "cvt-21-384-22k", "cvt-w24-384-22k")]
     all_shapes = run_worker("torch", {"job": "state_shapes", "specs": [s.to_dict() for s in specs]},
@@ -326,7 +332,7 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
         from vit_porting.families.base import VariantSpec
         from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
         from vit_porting.weights.sources import perturb_
-        spec = VariantSpec.from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))
+        spec = variant_from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))
         model = build_hf_cvt(spec)
         perturb_(model, 3, get_family("cvt").perturbation)
         state = {{k: v.detach().clone() for k, v in model.state_dict().items()}}

@@ -20,6 +20,7 @@ import pytest
 from vit_porting.families.base import Family, KerasSide
 from vit_porting.families.registry import BUILTIN, families, get_family
 from vit_porting.manifest import verify_manifest
+from vit_porting.mapping.engine import family_mapping, family_renames
 from vit_porting.workers.protocol import QUIET_ENV
 
 from conftest import ROOT
@@ -49,9 +50,9 @@ def test_every_family_meets_the_contract():
         assert family.variants and all(v.family == family.name for v in family.variants)
         assert all(isinstance(v.config, family.config_class) for v in family.variants)
         assert family.resource(family.mapping).is_file(), family.mapping
-        assert family.load_mapping().rules
+        assert family_mapping(family).rules
         for layout in family.layouts:
-            assert family.load_renames(layout).renames
+            assert family_renames(family, layout).renames
         # the Keras side imports Keras only (this process never imports torch: conftest checks)
         assert isinstance(family.keras(), KerasSide)
         for spec in family.variants:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vit_porting.families.registry import get_family
-from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec
+from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec, family_mapping
 from vit_porting.mapping.transforms import TRANSFORMS, get_transform, register_transform
 
 RULES = """
@@ -188,7 +188,7 @@ def test_a_family_can_register_a_transform_without_touching_the_engine(tmp_path)
 
 
 def test_cait_mapping_file_loads():
-    spec = get_family("cait").load_mapping()
+    spec = family_mapping(get_family("cait"))
     assert spec.family == "cait" and len(spec.rules) >= 40
     assert {r.transform for r in spec.rules} == {"identity", "linear", "conv2d"}
 

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from vit_porting import cli, pipeline
 from vit_porting.families.registry import get_family, get_variant
-from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec
+from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec, family_mapping
 from vit_porting.workers import protocol as worker
 
 from conftest import ROOT, error_line, run_torch_job
@@ -232,7 +232,7 @@ def test_project_mappings_use_every_rule_at_reduced_depths(tmp_path):
     from vit_porting.families.cvt.model import build_keras as build_cvt
 
     def load_mapping(family: str) -> MappingSpec:
-        return get_family(family).load_mapping()
+        return family_mapping(get_family(family))
 
     cases = [(get_variant(VARIANT).with_config(depth=1, depth_token_only=1), "cait", build_cait, "head"),
              (get_variant("cvt-13-224").with_config(depths=(1, 2, 3)), "cvt", build_cvt, "classifier")]
@@ -311,6 +311,7 @@ def test_pickle_refusal_does_not_advise_running_it(tmp_path):
     evil = tmp_path / "evil.pth"
     subprocess.run([sys.executable, "-c", f"""
 import os, torch
+from vit_porting.mapping.engine import family_mapping
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch {marker}",))

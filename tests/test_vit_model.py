@@ -14,6 +14,7 @@ from vit_porting.families.layers import Mlp
 from vit_porting.families.registry import get_family, get_variant
 from vit_porting.families.vit import VARIANTS, ViTConfig
 from vit_porting.families.vit.model import build_keras
+from vit_porting.mapping.engine import family_mapping
 
 IMAGES = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
 
@@ -123,7 +124,7 @@ def test_zeros_build_skips_random_init():
 def test_variable_paths_are_mapping_targets(name, overrides):
     """Every Keras variable path is produced by exactly one rule (readable paths, no strays)."""
     model = build_keras(_config(name, **overrides), initializer="zeros")
-    rules = get_family("vit").load_mapping().rules
+    rules = family_mapping(get_family("vit")).rules
     for w in model.weights:
         assert sum(bool(r.target_regex.match(w.path)) for r in rules) == 1, w.path
 
@@ -194,7 +195,8 @@ def test_rollout_only_where_every_block_attends_over_the_same_tokens():
     assert attention_rollout(get_variant("cait_xxs24_224"), {}) is None  # class attention: its own picture
     cvt = get_variant("cvt-13-224")
     assert attention_rollout(cvt, {}) is None
-    assert "no attention rollout" in get_family("cvt").class_attention(cvt).title  # says why in the picture
+    # says why in the picture
+    assert "no attention rollout" in get_family("cvt").presentation.class_attention(cvt).title
     broken = {"blocks_0_attn": np.ones((1, 2, 197, 50), np.float32) / 50}
     with pytest.raises(EvalError, match="square maps"):
         attention_rollout(get_variant("deit_small_patch16_224"), broken)

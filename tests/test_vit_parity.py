@@ -22,6 +22,7 @@ import pytest
 
 from vit_porting.families.registry import get_family, get_variant
 from vit_porting.families.vit import VARIANTS
+from vit_porting.mapping.engine import family_mapping
 from vit_porting.parity.compare import load_policy
 from vit_porting.pipeline import PortOptions, port
 from vit_porting.workers.protocol import QUIET_ENV
@@ -228,7 +229,7 @@ def test_mapping_covers_full_size_state_dicts_of_all_variants(timm_facts, tmp_pa
     from vit_porting.families.vit.model import build_keras
 
     ours = run_torch_job({"job": "state_shapes", "specs": [s.to_dict() for s in VARIANTS]}, tmp_path)["shapes"]
-    mapping = get_family("vit").load_mapping()
+    mapping = family_mapping(get_family("vit"))
     keras_shapes: dict = {}  # DeiT and AugReg ViT of one size share a config
     for spec in VARIANTS:
         shapes = timm_facts[spec.name]["shapes"]

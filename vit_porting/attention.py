@@ -55,7 +55,7 @@ def class_attention_maps(spec: VariantSpec, outputs: dict[str, np.ndarray], bloc
     """{output name: (heads, g, g) class-token attention of image ``index``}, and the output
     whose head average is the saliency map. ``blocks``: "default" (every block the family
     names, or its last one where the family says so) or "all"."""
-    view = get_family(spec.family).class_attention(spec)
+    view = get_family(spec.family).presentation.class_attention(spec)
     if view is None:
         raise EvalError(f"the {get_family(spec.family).title} family names no class-attention outputs to draw")
     pattern = re.compile(view.outputs)
@@ -80,7 +80,7 @@ def attention_rollout(spec: VariantSpec, outputs: dict[str, np.ndarray],
 
     Per block: A = head mean + I (the residual path), rows renormalised to sum to 1; the rollout
     is A_L ... A_2 A_1, computed in float64."""
-    view = get_family(spec.family).rollout(spec)
+    view = get_family(spec.family).presentation.rollout(spec)
     if view is None:
         return None
     pattern = re.compile(view.outputs)
@@ -199,9 +199,10 @@ def attention_figure(folder: Path | str, image: Path | str, out: Path | str | No
         family = get_family(spec.family)
         weights = ("RANDOM weights: the maps show the machinery, not what a trained model looks at"
                    if origin.get("random_weights") else f"weights: {origin.get('description', 'unknown')}")
-        rolled = (f"; {family.rollout(spec).title} = product of the head-mean maps (+ identity) of "
+        shown = family.presentation
+        rolled = (f"; {shown.rollout(spec).title} = product of the head-mean maps (+ identity) of "
                   f"{len(rollout_blocks)} blocks, read at the class token" if rollout_blocks else "")
-        title = (f"{spec.name} ({weights})\n{SOURCES[source]}: {family.class_attention(spec).title}, each head; "
+        title = (f"{spec.name} ({weights})\n{SOURCES[source]}: {shown.class_attention(spec).title}, each head; "
                  f"saliency = head mean of {last.removesuffix('_attn')}{rolled}"
                  + (f"; top-1 class {top5[0]} ({record.label(top5[0])})" if top5 else ""))
     if out is None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vit_porting.families.base import VariantSpec
+from vit_porting.families.registry import variant_from_dict
 from vit_porting.safety import STAGING_MARKER, UnsafePathError, inside, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -224,7 +225,7 @@ class PortRecord:
     def from_dict(cls, data: dict) -> PortRecord:
         data = dict(data)
         origin, labels = data.pop("origin", {}), data.pop("labels", None)
-        return cls(VariantSpec.from_dict(data), origin, labels)
+        return cls(variant_from_dict(data), origin, labels)
 
     def label(self, index: int) -> str:
         """A class as people read it: its first description ("tabby" of "tabby, tabby cat"), else its index."""

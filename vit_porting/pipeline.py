@@ -37,6 +37,7 @@ from vit_porting.manifest import (
     write_manifest,
     write_record,
 )
+from vit_porting.mapping.engine import family_mapping
 from vit_porting.parity.compare import (
     agreement,
     compare_outputs,
@@ -110,7 +111,7 @@ def localise(mapping_path: str | None, spec: VariantSpec, block: str | None, wei
     """The mapping rules feeding the first diverging block (for the report)."""
     if block is None:
         return None
-    mapping = get_family(spec.family).load_mapping(mapping_path, spec.config)
+    mapping = family_mapping(get_family(spec.family), mapping_path, spec.config)
     paths = [p for p in weight_paths if p.startswith(block + "/")]
     rules = mapping.rules_feeding(paths)
     return {"block": block, "rules": [{"line": r.line, "from": r.source, "to": r.target,

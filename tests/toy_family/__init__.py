@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vit_porting.families.base import ClassAttention, Family, Perturbation, VariantSpec
+from vit_porting.families.base import Family, Perturbation, VariantSpec
+from vit_porting.families.presentation import ClassAttention, Presentation
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,14 @@ VARIANTS = (
 )
 
 
-class ToyFamily(Family):
+class ToyPresentation(Presentation):
     def class_attention(self, spec: VariantSpec) -> ClassAttention:
         return ClassAttention(r"blocks_(\d+)_attn", last_only=True)
 
 
-FAMILY = ToyFamily(
-    name="toy", title="Toy ViT", full_name="Toy ViT (a test-only family)", package=__name__, config_class=ToyConfig,
-    variants=VARIANTS, mapping="toy.yaml", source_label="the tests' own PyTorch module",
+FAMILY = Family(
+    name="toy", title="Toy ViT", package=__name__, config_class=ToyConfig, variants=VARIANTS, mapping="toy.yaml",
+    source_label="the tests' own PyTorch module",
+    presentation=ToyPresentation(full_name="Toy ViT (a test-only family)"),
     perturbation=Perturbation(query_key=r"\.attn\.qkv\.weight$"),
 )

@@ -51,7 +51,7 @@ from vit_porting.collection.report import (
     write_text,
 )
 from vit_porting.families.base import VariantSpec
-from vit_porting.families.registry import FamilyError, get_family
+from vit_porting.families.registry import FamilyError, get_family, variant_from_dict
 from vit_porting.manifest import METADATA_NAME, is_port_folder, verify_manifest
 from vit_porting.mapping.engine import MappingFileError
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB
@@ -243,7 +243,7 @@ def port_task(spec_dict: dict, settings: dict, root_text: str, force: bool, retr
     for name in THREAD_ENV:
         os.environ[name] = str(cpus)
     root, lines = OutputRoot(root_text), []
-    spec = VariantSpec.from_dict(spec_dict)
+    spec = variant_from_dict(spec_dict)
     scratch = make_scratch(root.scratch_parent(), SCRATCH.format(variant=spec.name))
     result: dict = {"variant": spec.name, "node": platform.node(), "pid": os.getpid(), "attempts": 0,
                     "log": lines}

@@ -121,7 +121,7 @@ def build_collection(family: str, entries: list[dict], **extra: Any) -> dict:
               "passed": sum(e.get("verdict") == "passed" for e in entries),
               "failed": sum(e.get("verdict") == "failed" for e in entries),
               "errors": sum(e.get("status") == "error" for e in entries)}
-    return {"family": family, "title": get_family(family).full_name,
+    return {"family": family, "title": get_family(family).presentation.full_name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "summary": counts, **extra, "variants": {e["variant"]: e for e in entries}}
 
@@ -243,7 +243,7 @@ def render_collection_card(collection: dict, link: Callable[[str], str | None] |
     counts = collection["summary"]
     engine = collection.get("engine") or {}
     body = [RANDOM_LINE, ""] if random else []
-    body += [f"# {family.full_name}: the collection", "",
+    body += [f"# {family.presentation.full_name}: the collection", "",
              f"{counts['variants']} {family.title} checkpoints ported from PyTorch ({family.source_label}) to Keras 3, "
              "TensorFlow SavedModel, ONNX and safetensors by vit-porting, every format checked against the PyTorch "
              f"reference in its own process: {counts['passed']} passed, {counts['failed']} failed parity, "

@@ -102,6 +102,14 @@ def all_variants() -> dict[str, VariantSpec]:
     return {name: spec for family in families().values() for name, spec in family.variant_map().items()}
 
 
+def variant_from_dict(data: dict) -> VariantSpec:
+    """A ``VariantSpec.to_dict()`` read back (a worker's job, a port's record), its config built by
+    the registered family's config class."""
+    config_class = get_family(data["family"]).config_class
+    return VariantSpec(**{**data, "config": config_class(**data["config"]),
+                          "datasets": tuple(data.get("datasets") or ())})
+
+
 def get_variant(name: str) -> VariantSpec:
     variants = all_variants()
     if name in variants:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vit_porting.families.base import Family, Layout
 from vit_porting.mapping.tensor_io import LazyArray
 from vit_porting.mapping.transforms import TRANSFORMS, get_transform
 
@@ -276,7 +277,7 @@ class MappingSpec(_Renames):
     # -- reading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | Traversable) -> MappingSpec:
-        """A mapping file: a path, or a family's package resource (``Family.load_mapping``)."""
+        """A mapping file: a path, or a family's package resource (``family_mapping``)."""
         path = Path(path) if isinstance(path, str) else path
         return cls.from_data(read_yaml(path, "mapping file"), path)
 
@@ -586,3 +587,15 @@ class RenameSpec(_Renames):
                 lines.append(f"  keys renamed to one name ({len(collisions)}): " + "; ".join(collisions[:10]))
             raise RenameError("\n".join(lines))
         return out
+
+
+def family_mapping(family: Family, override: str | None = None, config: Any = None) -> MappingSpec:
+    """A family's mapping (its package data), or the file a user passed to replace it (``--mapping
+    FILE``); given a ``config``, only the rules that exist for it (``when:``)."""
+    mapping = MappingSpec.load(override or family.resource(family.mapping))
+    return mapping if config is None else mapping.for_config(config)
+
+
+def family_renames(family: Family, layout: Layout) -> RenameSpec:
+    """The rename file that carries ``layout``'s keys into the family's canonical layout."""
+    return RenameSpec.load(family.resource(layout.renames))

@@ -71,10 +71,11 @@ def front_matter(record: PortRecord, random: bool, fmt: Format | None = None, ev
     family = get_family(spec.family)
     pipeline = "image-classification" if head else "image-feature-extraction"
     forms = [fmt] if fmt else (forms or [f for key, f in FORMATS.items() if key != "litert"])
-    library = {"keras": "keras", "pytorch": family.library_tag or None}.get(fmt.key) if fmt else "keras"
+    library_tag = family.presentation.library_tag
+    library = {"keras": "keras", "pytorch": library_tag or None}.get(fmt.key) if fmt else "keras"
     meta = {**({"library_name": library} if library else {}), "pipeline_tag": pipeline, "license": hub_license(spec),
             "tags": [pipeline, "vision-transformer", spec.family, *(t for f in forms for t in f.tags),
-                     *([family.library_tag] if family.library_tag and (fmt is None or fmt.key == "pytorch") else []),
+                     *([library_tag] if library_tag and (fmt is None or fmt.key == "pytorch") else []),
                      "vit-porting"]}
     if meta["license"] == "other":
         meta["license_name"] = "see-model-card"
@@ -272,13 +273,14 @@ def snippets(record: PortRecord, fmt: Format | None = None, repos: dict[str, str
             "runner = interpreter.get_signature_runner(\"serving_default\")  # resizes the batch to the input's",
             f"{head} = runner(images=images)[\"{head}\"]",
             *_print_result(head, record)])
-    reference = family.reference_snippet(spec)
+    reference = family.presentation.reference_snippet(spec)
     if reference is not None:
         hub = ([f"# straight from the Hub: {reference.hub_line.format(repo=remote['pytorch'])}"]
                if reference.hub_line and remote.get("pytorch") else [])
         # a published PyTorch form holds the weights under the family's published name
-        build = [line.replace(SAFETENSORS_FILE, family.hub_weights_name) if fmt else line for line in reference.build]
-        forms["pytorch"] = (reference.title.replace(SAFETENSORS_FILE, family.hub_weights_name) if fmt
+        weights_name = family.presentation.hub_weights_name
+        build = [line.replace(SAFETENSORS_FILE, weights_name) if fmt else line for line in reference.build]
+        forms["pytorch"] = (reference.title.replace(SAFETENSORS_FILE, weights_name) if fmt
                             else reference.title, [
             *_imports(record, "import numpy as np", "import torch", *reference.imports), "",
             *hub, *build, *_example_input(spec),
@@ -383,7 +385,7 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     present = forms_present(report)
     meta = front_matter(record, random, fmt, evaluation, present)
     c = spec.config
-    family = get_family(spec.family).full_name
+    family = get_family(spec.family).presentation.full_name
     passed = bool(report.get("passed"))
     toolkit = versions.get("toolkit") or report.get("toolkit_version")
     body: list[str] = []
@@ -433,7 +435,8 @@ def render_card(record: PortRecord, report: dict, versions: dict, files: dict[st
     for title, code in snippets(record, fmt, repos, present):
         body += [f"### {title}", "", "```python", code, "```", ""]
     if files:
-        body += ["## Files", "", *_file_lines(files, report, fmt, get_family(spec.family).hub_weights_name), "",
+        weights_name = get_family(spec.family).presentation.hub_weights_name
+        body += ["## Files", "", *_file_lines(files, report, fmt, weights_name), "",
                  f"Check them with `vit-port verify <folder>` (sha256 in `{MANIFEST_NAME}`).", ""]
     shown = ("toolkit", *(k for k in versions if k != "toolkit"))
     body += ["## Versions", "", ", ".join(f"{k} {versions[k]}" for k in shown if versions.get(k)), "",

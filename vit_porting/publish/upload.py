@@ -251,7 +251,7 @@ def stage(folder: Path | str, target: Target | str, stage_dir: Path | str | None
         raise PublishError(f"{folder} does not match its manifest, nothing staged ({len(problems)} problem(s), "
                            f"first: {problems[0]}); see `vit-port verify {folder}`")
     try:
-        weights_name = get_family(record.spec.family).hub_weights_name
+        weights_name = get_family(record.spec.family).presentation.hub_weights_name
         withheld = withheld_files(report, manifest["files"])
         sources = {key: _form_sources(folder, manifest, fmt, weights_name, withheld) for key, fmt in FORMATS.items()}
         keras_members = _keras_members(folder / KERAS_FILE) if KERAS_FILE in manifest["files"] else []

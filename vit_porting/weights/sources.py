@@ -11,14 +11,14 @@ import os
 import pickle
 import re
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vit_porting.families.base import Perturbation, VariantSpec
+from vit_porting.families.base import Origin, Perturbation, VariantSpec
 from vit_porting.families.registry import families, get_family
 from vit_porting.manifest import sha256_file
+from vit_porting.mapping.engine import MappingFileError, RenameError, family_mapping, family_renames
 from vit_porting.mapping.tensor_io import CheckpointError
 from vit_porting.safety import first_line
 
@@ -32,26 +32,6 @@ _TORCH_REFUSAL_BOILERPLATE = ("Weights only load failed", "Please file an issue"
 
 class PretrainedUnavailableError(CheckpointError):
     pass
-
-
-@dataclass
-class Origin:
-    """What the weights are, recorded in every report and manifest."""
-
-    kind: str  # "pretrained" | "file" | "random"
-    description: str
-    seed: int | None = None
-    file: str | None = None
-    sha256: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def is_random(self) -> bool:
-        return self.kind == "random"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "description": self.description, "seed": self.seed, "file": self.file,
-                "sha256": self.sha256, "notes": self.notes, "random_weights": self.is_random}
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -304,8 +284,6 @@ def to_canonical_layout(spec: VariantSpec, state: dict[str, torch.Tensor], origi
     Each of the family's ``layouts`` has a ``detect`` regex (matched against the keys) and a
     declarative rename file (package data, see vit_porting.mapping.engine.RenameSpec).
     """
-    from vit_porting.mapping.engine import MappingFileError, RenameError
-
     family = get_family(spec.family)
     hits = [layout for layout in family.layouts if any(re.search(layout.detect, k) for k in state)]
     if not hits:
@@ -315,7 +293,7 @@ def to_canonical_layout(spec: VariantSpec, state: dict[str, torch.Tensor], origi
                               f"({', '.join(h.name for h in hits)}); a checkpoint must be in one layout")
     (layout,) = hits
     try:
-        state = family.load_renames(layout).apply(state)
+        state = family_renames(family, layout).apply(state)
     except (RenameError, MappingFileError) as exc:
         raise CheckpointError(f"{origin.description}: looks like the {layout.name} layout "
                               f"({layout.description}), but {exc}") from None
@@ -337,9 +315,9 @@ def guess_family(shapes: MappingABC[str, tuple], exclude: str, image_size: int) 
     for name, family in families().items():
         if name == exclude:
             continue
-        renames = [family.load_renames(layout) for layout in family.layouts
+        renames = [family_renames(family, layout) for layout in family.layouts
                    if any(re.search(layout.detect, key) for key in shapes)]
-        mapping = family.load_mapping()
+        mapping = family_mapping(family)
         canonical = {}
         for key, shape in shapes.items():
             for rename in renames:

@@ -22,7 +22,7 @@ import numpy as np
 
 from vit_porting.export.saved_model import ATTENTION_SIGNATURE
 from vit_porting.families.base import VariantSpec
-from vit_porting.families.registry import get_family
+from vit_porting.families.registry import get_family, variant_from_dict
 from vit_porting.parity.images import normalize
 from vit_porting.workers.protocol import worker_main
 
@@ -94,7 +94,7 @@ PREDICTORS = {"pytorch": _torch_predictor, "keras": _keras_predictor, "savedmode
 
 
 def job_predict(job: dict) -> dict:
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     runtime = job["runtime"]
     if not Path(job["model"]).exists():
         raise EvalJobError(f"{job['model']}: missing; {runtime} cannot run (port with exports first)")
@@ -130,7 +130,7 @@ def job_predict(job: dict) -> dict:
 def job_attention(job: dict) -> dict:
     """Every output of the model (``keras``: model.keras; ``savedmodel``: saved_model/) on one
     preprocessed image (float32 (1, H, W, 3) in ``image``), written to ``out`` (.npz)."""
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     image = np.load(job["image"])
     if job["source"] == "keras":
         import keras

@@ -8,9 +8,8 @@ from __future__ import annotations
 import shutil
 import time
 
-from vit_porting.families.base import VariantSpec
-from vit_porting.families.registry import get_family
-from vit_porting.mapping.engine import MappingError, MappingFileError
+from vit_porting.families.registry import get_family, variant_from_dict
+from vit_porting.mapping.engine import MappingError, MappingFileError, family_mapping
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
 from vit_porting.workers.protocol import worker_main
 
@@ -40,9 +39,9 @@ def job_convert(job: dict) -> dict:
     )
     from vit_porting.mapping.tensor_io import write_safetensors
 
-    spec = VariantSpec.from_dict(job["spec"])
+    spec = variant_from_dict(job["spec"])
     timings = {}
-    mapping = get_family(spec.family).load_mapping(job.get("mapping"), spec.config)
+    mapping = family_mapping(get_family(spec.family), job.get("mapping"), spec.config)
     t = time.perf_counter()
     state = read_safetensors(job["source"], lazy=True)
     timings["read_source"] = time.perf_counter() - t

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from vit_porting.families.base import VariantSpec
-from vit_porting.families.registry import get_family
-from vit_porting.mapping.engine import MappingError, MappingFileError
+from vit_porting.families.registry import get_family, variant_from_dict
+from vit_porting.mapping.engine import MappingError, MappingFileError, family_mapping
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
 from vit_porting.weights.sources import (
     CheckpointError,
@@ -23,7 +23,7 @@ from vit_porting.workers.protocol import worker_main
 
 
 def _spec(job: dict) -> VariantSpec:
-    return VariantSpec.from_dict(job["spec"])
+    return variant_from_dict(job["spec"])
 
 
 def _reference_model(spec: VariantSpec, source: str) -> torch.nn.Module:
@@ -51,7 +51,7 @@ def job_source(job: dict) -> dict:
     reference, the converter and the round trip all read the same keys.
     """
     spec = _spec(job)
-    mapping = get_family(spec.family).load_mapping(job.get("mapping"), spec.config)
+    mapping = family_mapping(get_family(spec.family), job.get("mapping"), spec.config)
     state, origin = resolve_weights(spec, job["weights"], seed=job.get("seed", 0), new_head=job.get("new_head", False))
     if origin.kind == "file":
         refuse_other_family(spec, state, mapping, origin)
@@ -125,7 +125,7 @@ def job_roundtrip(job: dict) -> dict:
                   if job.get("hub_config_dir") else None)
     source = open_checkpoint(job["source"])  # one tensor at a time
     loaded = model.state_dict()
-    dropped = get_family(spec.family).load_mapping(job.get("mapping")).dropped(source)
+    dropped = family_mapping(get_family(spec.family), job.get("mapping")).dropped(source)
     mismatched = [k for k in source
                   if k not in dropped and (k not in loaded or not torch.equal(loaded[k], source[k]))]
     return {"strict_load": True, "bit_exact": not mismatched, "mismatched": mismatched[:20],
@@ -138,7 +138,7 @@ def job_state_shapes(job: dict) -> dict:
     so mapping coverage of the largest variants can be checked without their weights."""
     shapes, parameters = {}, {}
     for spec_dict in job["specs"]:
-        spec = VariantSpec.from_dict(spec_dict)
+        spec = variant_from_dict(spec_dict)
         with torch.device("meta"):
             model = get_family(spec.family).torch().build_reference(spec)
         shapes[spec.name] = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -182,7 +182,7 @@ def model_facts(spec: VariantSpec) -> dict:
 
 def job_facts(job: dict) -> dict:
     """``model_facts`` of each spec: what a collection schedules by (memory) and its card shows."""
-    return {"facts": {spec["name"]: model_facts(VariantSpec.from_dict(spec)) for spec in job["specs"]}}
+    return {"facts": {spec["name"]: model_facts(variant_from_dict(spec)) for spec in job["specs"]}}
 
 
 def job_onnx(job: dict) -> dict:

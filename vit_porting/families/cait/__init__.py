@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vit_porting.families.base import ClassAttention, Perturbation, TimmFamily, VariantSpec, timm_keywords
-from vit_porting.families.base import timm_model_args as changed_timm_args
+from vit_porting.families.base import Family, Perturbation, VariantSpec
+from vit_porting.families.presentation import ClassAttention
+from vit_porting.families.timm import TIMM_HUB_REPO, TimmPresentation, timm_keywords
+from vit_porting.families.timm import timm_model_args as changed_timm_args
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,15 @@ VARIANTS = (
 )
 
 
-class CaiTFamily(TimmFamily):
+class CaiTPresentation(TimmPresentation):
     def class_attention(self, spec: VariantSpec) -> ClassAttention:
         return ClassAttention(r"blocks_token_only_(\d+)_attn", title="class-attention blocks")
 
 
-FAMILY = CaiTFamily(
-    name="cait", title="CaiT", full_name="CaiT (Class-Attention in Image Transformers)",
-    package=__name__, config_class=CaiTConfig, variants=VARIANTS, mapping="cait.yaml", source_label="timm",
-    reference_libraries=("timm",), library_tag="timm",
+FAMILY = Family(
+    name="cait", title="CaiT", package=__name__, config_class=CaiTConfig, variants=VARIANTS, mapping="cait.yaml",
+    source_label="timm", reference_libraries=("timm",), hub_repo_format=TIMM_HUB_REPO,
+    presentation=CaiTPresentation(full_name="CaiT (Class-Attention in Image Transformers)"),
     perturbation=Perturbation(layer_scale=r"\.gamma_[12]$", query_key=r"\.attn\.(qkv|q|k)\.weight$",
                               head_mix=r"\.attn\.proj_[lw]\.weight$"),
 )

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vit_porting.families.base import ClassAttention, Family, Layout, Perturbation, ReferenceSnippet, VariantSpec
+from vit_porting.families.base import Family, Layout, Perturbation, VariantSpec
+from vit_porting.families.presentation import ClassAttention, Presentation, ReferenceSnippet
 
 
 def _per_stage(value: Any) -> tuple:
@@ -144,7 +145,7 @@ def hf_config_kwargs(config: CvTConfig) -> dict:
             "stride_q": list(c.stride_q), "num_labels": c.num_classes}
 
 
-class CvTFamily(Family):
+class CvTPresentation(Presentation):
     def reference_snippet(self, spec: VariantSpec) -> ReferenceSnippet:
         args = ", ".join(f"{k}={v!r}" for k, v in hf_config_kwargs(spec.config).items())
         build = [f"model = CvtForImageClassification(CvtConfig({args}))",
@@ -169,10 +170,11 @@ class CvTFamily(Family):
                                     "stride-2 key/value grid; no attention rollout: Nq x Nkv maps do not multiply)")
 
 
-FAMILY = CvTFamily(
-    name="cvt", title="CvT", full_name="CvT (Convolutional vision Transformer)", package=__name__,
-    config_class=CvTConfig, variants=VARIANTS, mapping="cvt.yaml", source_label="Hugging Face transformers",
-    reference_libraries=("transformers",), classifier="classifier", hub_weights_name="model_quickgelu.safetensors",
+FAMILY = Family(
+    name="cvt", title="CvT", package=__name__, config_class=CvTConfig, variants=VARIANTS, mapping="cvt.yaml",
+    source_label="Hugging Face transformers", reference_libraries=("transformers",), classifier="classifier",
+    presentation=CvTPresentation(full_name="CvT (Convolutional vision Transformer)",
+                                 hub_weights_name="model_quickgelu.safetensors"),
     layouts=(Layout("microsoft", r"^(module\.)?stage\d+\.", "cvt_microsoft.yaml",
                     "Microsoft's original CvT checkpoints (github.com/microsoft/CvT)"),),
     perturbation=Perturbation(query_key=r"\.attention\.attention\.projection_(query|key)\.weight$"),

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vit_porting.families.base import ClassAttention, Perturbation, Rollout, TimmFamily, VariantSpec, timm_keywords
-from vit_porting.families.base import timm_model_args as changed_timm_args
+from vit_porting.families.base import Family, Perturbation, VariantSpec
+from vit_porting.families.presentation import ClassAttention, Rollout
+from vit_porting.families.timm import TIMM_HUB_REPO, TimmPresentation, timm_keywords
+from vit_porting.families.timm import timm_model_args as changed_timm_args
 
 POOLS = ("token", "avg")
 
@@ -151,7 +153,7 @@ VARIANTS = (
 )
 
 
-class ViTFamily(TimmFamily):
+class ViTPresentation(TimmPresentation):
     def class_attention(self, spec: VariantSpec) -> ClassAttention | None:
         if not spec.config.class_token:
             return None
@@ -165,10 +167,10 @@ class ViTFamily(TimmFamily):
         return Rollout(r"blocks_(\d+)_attn", prefix_tokens=spec.config.num_prefix_tokens)
 
 
-FAMILY = ViTFamily(
-    name="vit", title="ViT", full_name="ViT (Vision Transformer: DeiT, DeiT III, AugReg)",
-    package=__name__, config_class=ViTConfig, variants=VARIANTS, mapping="vit.yaml", source_label="timm",
-    reference_libraries=("timm",), library_tag="timm", classifier=("head", "head_dist"),
-    keras_heads=("head", "head_dist"),
+FAMILY = Family(
+    name="vit", title="ViT", package=__name__, config_class=ViTConfig, variants=VARIANTS, mapping="vit.yaml",
+    source_label="timm", reference_libraries=("timm",), hub_repo_format=TIMM_HUB_REPO,
+    classifier=("head", "head_dist"), keras_heads=("head", "head_dist"),
+    presentation=ViTPresentation(full_name="ViT (Vision Transformer: DeiT, DeiT III, AugReg)"),
     perturbation=Perturbation(layer_scale=r"\.ls[12]\.gamma$", fused_qkv=r"\.attn\.qkv\.weight$"),
 )
