@@ -2,7 +2,7 @@
 process must not): ``python tests/fuzz_readers.py WORK_DIR MAX_EXAMPLES``.
 
 Random bytes, random truncations, bit flips and splices of valid files go to
-``vit_porting.weights.sources.load_checkpoint`` / ``open_checkpoint`` (every tensor read) and to
+``vit_porting.weights.checkpoint.load_checkpoint`` / ``open_checkpoint`` (every tensor read) and to
 ``vit_porting.mapping.tensor_io.SafetensorsReader``; every failure must be ``CheckpointError`` with a
 one-line message. Hypothesis shrinks and prints a counterexample, and the process exits
 non-zero, when one is not.
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vit_porting.mapping.tensor_io import SafetensorsReader, write_safetensors
-from vit_porting.weights.sources import CheckpointError, load_checkpoint, open_checkpoint
+from vit_porting.weights.checkpoint import CheckpointError, load_checkpoint, open_checkpoint
 
 warnings.simplefilter("ignore")  # torch warns about every odd pickle it reads
 WORK = Path(sys.argv[1])

@@ -305,7 +305,7 @@ def test_quick_gelu_reference_differs_from_gelu(tmp_path):
         from vit_porting.families.registry import get_family, get_variant
         from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
         from vit_porting.families.cvt.reference import reference_taps as hf_cvt_taps
-        from vit_porting.weights.sources import perturb_
+        from vit_porting.weights.random import perturb_
         spec = get_variant("cvt-13-224").with_config(depths=(1, 2, 3), image_size=64)
         quick = build_hf_cvt(spec)
         perturb_(quick, 0, get_family("cvt").perturbation)
@@ -331,7 +331,7 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
         from vit_porting.families.registry import get_family
         from vit_porting.families.base import VariantSpec
         from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
-        from vit_porting.weights.sources import perturb_
+        from vit_porting.weights.random import perturb_
         spec = variant_from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))
         model = build_hf_cvt(spec)
         perturb_(model, 3, get_family("cvt").perturbation)

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from vit_porting.families.base import VariantSpec
-from vit_porting.weights.sources import Origin, PretrainedUnavailableError
 
 
 class Attention(nn.Module):
@@ -70,10 +69,6 @@ def reference_taps(model: torch.nn.Module, intermediates: bool = False) -> dict[
 
 def call_reference(model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.Tensor:
     return model(images_nchw)
-
-
-def load_pretrained(spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
-    raise PretrainedUnavailableError(f"{spec.name} is a test family with no published weights; use WEIGHTS=random")
 
 
 def write_hub_config(model: torch.nn.Module, spec: VariantSpec, folder: str, labels: dict | None) -> None:

@@ -35,8 +35,7 @@ if TYPE_CHECKING:  # annotations only: importing either framework here would def
 
 @dataclass
 class Origin:
-    """What the weights are, recorded in every report and manifest (``TorchSide.load_pretrained``
-    returns one)."""
+    """What the weights are, recorded in every report and manifest."""
 
     kind: str  # "pretrained" | "file" | "random"
     description: str
@@ -109,9 +108,6 @@ class TorchSide(Protocol):
     def call_reference(self, model: torch.nn.Module, images_nchw: torch.Tensor) -> torch.Tensor:
         """The head output (logits, or pooled features) of ``model`` on NCHW images."""
 
-    def load_pretrained(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], Origin]:
-        """The published weights of ``spec`` from the local cache or the hub, in the canonical layout."""
-
     def write_hub_config(self, model: torch.nn.Module, spec: VariantSpec, folder: str,
                          labels: dict | None) -> str | None:
         """Write, beside ``model.safetensors`` in ``folder``, the file the reference library's own
@@ -142,6 +138,10 @@ class Family:
     reference_libraries: tuple[str, ...] = ()  # distributions the reference needs, recorded in manifests
     # the Hugging Face repository of a variant's published weights, from its pretrained tag
     hub_repo_format: str = "{tag}"
+    # how WEIGHTS=pretrained reads them (vit_porting/weights/pretrained.py): "timm" (timm.create_model(tag,
+    # pretrained=True): its cache, else the hub) or "hf-hub" (the repository's model.safetensors, else
+    # pytorch_model.bin, read without running code)
+    pretrained_from: str = "timm"
     keras_module: str = ""  # default: <package>.model
     torch_module: str = ""  # default: <package>.reference
     presentation: Presentation = Presentation()  # what the card, publishing and the attention picture say

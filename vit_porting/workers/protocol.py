@@ -111,10 +111,13 @@ def worker_main(jobs: dict[str, Callable[[dict], dict]], user_errors: tuple[type
     write_text_atomic(result_path, json.dumps(result, indent=1, default=str))
 
 
+WORKERS = ("torch", "keras", "onnx", "savedmodel", "litert", "eval")  # vit_porting.workers.run_<name>
+
+
 def worker_module(worker: str) -> str:
-    """The module a worker runs: a short name (``torch``, ``keras``, ``onnx``, ``savedmodel``, ``litert``,
-    ``eval``) is ``vit_porting.workers.run_<name>``; a dotted name (a benchmark's worker) is taken as it is."""
-    return worker if "." in worker else f"vit_porting.workers.run_{worker}"
+    """The module a worker runs: one of ``WORKERS`` by its short name, else any importable module
+    named in full (a benchmark's worker)."""
+    return f"vit_porting.workers.run_{worker}" if worker in WORKERS else worker
 
 
 def run_worker(worker: str, job: dict, work_dir: Path, env: dict | None = None, python: str | None = None) -> dict:

@@ -11,14 +11,10 @@ import torch
 from vit_porting.families.base import VariantSpec
 from vit_porting.families.registry import get_family, variant_from_dict
 from vit_porting.mapping.engine import MappingError, MappingFileError, family_mapping
+from vit_porting.mapping.tensor_io import CheckpointError
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs
-from vit_porting.weights.sources import (
-    CheckpointError,
-    class_labels,
-    open_checkpoint,
-    refuse_other_family,
-    resolve_weights,
-)
+from vit_porting.weights.checkpoint import open_checkpoint
+from vit_porting.weights.sources import class_labels, refuse_other_family, resolve_weights
 from vit_porting.workers.protocol import worker_main
 
 

@@ -173,6 +173,7 @@ class CvTPresentation(Presentation):
 FAMILY = Family(
     name="cvt", title="CvT", package=__name__, config_class=CvTConfig, variants=VARIANTS, mapping="cvt.yaml",
     source_label="Hugging Face transformers", reference_libraries=("transformers",), classifier="classifier",
+    pretrained_from="hf-hub",
     presentation=CvTPresentation(full_name="CvT (Convolutional vision Transformer)",
                                  hub_weights_name="model_quickgelu.safetensors"),
     layouts=(Layout("microsoft", r"^(module\.)?stage\d+\.", "cvt_microsoft.yaml",

@@ -10,9 +10,8 @@ import torch
 from vit_porting.families.base import VariantSpec
 from vit_porting.families.cvt import hf_config_kwargs
 from vit_porting.families.torch_reference import call_hf_image_classifier as call_reference
-from vit_porting.weights.sources import load_hf_hub_pretrained as load_pretrained
 
-__all__ = ["build_reference", "call_reference", "hf_cvt_config", "load_pretrained", "reference_taps",
+__all__ = ["build_reference", "call_reference", "hf_cvt_config", "reference_taps",
            "use_quick_gelu_", "write_hub_config"]
 
 

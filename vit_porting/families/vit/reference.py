@@ -10,9 +10,8 @@ from vit_porting.families.torch_reference import call_timm as call_reference
 from vit_porting.families.torch_reference import timm_attention_taps as reference_taps
 from vit_porting.families.torch_reference import write_timm_config
 from vit_porting.families.vit import timm_kwargs, timm_model_args
-from vit_porting.weights.sources import load_timm_pretrained as load_pretrained
 
-__all__ = ["build_reference", "call_reference", "load_pretrained", "reference_taps", "write_hub_config"]
+__all__ = ["build_reference", "call_reference", "reference_taps", "write_hub_config"]
 
 
 def build_reference(spec: VariantSpec) -> torch.nn.Module:
