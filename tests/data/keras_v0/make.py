@@ -1,13 +1,15 @@
 """Made at 122e757 (the last main before the rename to vit_porting): tiny model.keras files of each family."""
-import json, sys
-import numpy as np
+import sys
+
 import keras
-from porting.families.cait import CaiTConfig
-from porting.families.cvt import CvTConfig
-from porting.families.vit import ViTConfig
+import numpy as np
 import porting.families.cait.model as cait_model
 import porting.families.cvt.model as cvt_model
 import porting.families.vit.model as vit_model
+from porting.families.cait import CaiTConfig
+from porting.families.cvt import CvTConfig
+from porting.families.vit import ViTConfig
+
 out = sys.argv[1]
 configs = {
     "cait": (cait_model, CaiTConfig(image_size=32, patch_size=16, num_classes=10, embed_dim=32, depth=1, num_heads=2,
