@@ -392,9 +392,9 @@ def test_saved_model_stores_each_weight_once(ported):
 
 def test_interrupted_export_leaves_nothing_behind(tmp_path, monkeypatch):
     """An exporter that dies after writing part of the folder: no final folder, no temp folder."""
-    import vit_porting.pipeline as pipeline
+    from vit_porting.workers import protocol
 
-    real = pipeline.run_worker
+    real = protocol.run_worker
 
     def dies_after_saved_model(module, job, work_dir, env=None):
         result = real(module, job, work_dir, env)
@@ -403,7 +403,7 @@ def test_interrupted_export_leaves_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(pipeline, "run_worker", dies_after_saved_model)
+    monkeypatch.setattr(protocol, "run_worker", dies_after_saved_model)
     out = tmp_path / "artifacts"
     spec = get_variant(VARIANT).with_config(depth=1, depth_token_only=1)
     with pytest.raises(KeyboardInterrupt):

@@ -20,9 +20,10 @@ import kagglehub
 import numpy as np
 import pytest
 
+from vit_porting import __version__
 from vit_porting.families.registry import get_variant
 from vit_porting.manifest import PortRecord, read_manifest, read_record, sha256_file, verify_manifest, write_manifest
-from vit_porting.pipeline import TOOLKIT_VERSION, PortOptions, port
+from vit_porting.pipeline import PortOptions, port
 from vit_porting.publish.card import CARD_NAME, RANDOM_LINE, parse_card, python_blocks, render_card
 from vit_porting.publish.forms import FORMATS
 from vit_porting.publish.upload import PublishError, parse_target, publish, stage
@@ -127,7 +128,7 @@ def test_port_writes_a_card_the_manifest_covers(ported):
     assert "Touvron et al., Going deeper with Image Transformers" in body and "arXiv:2103.17239" in body
     assert "mean: `[0.485, 0.456, 0.406]`" in body and "std: `[0.229, 0.224, 0.225]`" in body
     assert "shorter side to 224 px, `bicubic` interpolation" in body and "centre 224x224 (crop_pct 1.0)" in body
-    assert f"vit-porting {TOOLKIT_VERSION}" in body
+    assert f"vit-porting {__version__}" in body
 
     # the parity table: one row per runtime of parity.json with its numbers
     assert report["passed"] and "**PASSED**" in body
@@ -447,7 +448,7 @@ def test_push_refuses_failed_parity(ported, tmp_path, tokens, fake_network):
     report["runtimes"][-1]["passed"] = False
     (folder / "parity.json").write_text(json.dumps(report, indent=1))
     manifest = read_manifest(folder)
-    write_manifest(folder, manifest["variant"], manifest["family"], manifest["origin"], False, TOOLKIT_VERSION)
+    write_manifest(folder, manifest["variant"], manifest["family"], manifest["origin"], False, __version__)
     assert verify_manifest(folder) == []
     with pytest.raises(PublishError, match="parity did not pass") as info:
         publish(folder, KAGGLE_TARGET, push=True, allow_random=True, log=lambda m: None)
@@ -574,7 +575,7 @@ def _with_variants(folder: Path, random_weights: bool) -> dict[str, float | None
     (folder / "parity.json").write_text(json.dumps(report, indent=1))
     manifest = read_manifest(folder)
     write_manifest(folder, manifest["variant"], manifest["family"],
-                   {**manifest["origin"], "random_weights": random_weights}, True, TOOLKIT_VERSION)
+                   {**manifest["origin"], "random_weights": random_weights}, True, __version__)
     assert verify_manifest(folder) == []
     return agreements
 

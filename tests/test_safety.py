@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from vit_porting import pipeline
+from vit_porting import __version__, pipeline
 from vit_porting.families.registry import get_variant
 from vit_porting.manifest import verify_manifest, write_manifest
 from vit_porting.pipeline import PortError, PortOptions, port
@@ -55,7 +55,7 @@ def previous(tmp_path) -> Path:
     folder = tmp_path / "out" / "cait_xxs24_224"
     folder.mkdir(parents=True)
     (folder / "previous.txt").write_text("good port")
-    write_manifest(folder, "cait_xxs24_224", "cait", {"kind": "random"}, True, pipeline.TOOLKIT_VERSION)
+    write_manifest(folder, "cait_xxs24_224", "cait", {"kind": "random"}, True, __version__)
     return folder
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from vit_porting import __version__
 from vit_porting.families.registry import (
     FamilyError,
     UnknownVariantError,
@@ -27,7 +28,6 @@ from vit_porting.mapping.engine import MappingFileError
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB
 from vit_porting.pipeline import (
     DEFAULT_ARTIFACTS,
-    TOOLKIT_VERSION,
     PortError,
     PortOptions,
     parse_backends,
@@ -267,7 +267,7 @@ def _print_summary(report: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vit-port", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"vit-port {TOOLKIT_VERSION}")
+    parser.add_argument("--version", action="version", version=f"vit-port {__version__}")
     # every command takes --family, so a plug-in family works with each of them
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--family", action="append", default=[], metavar="MODULE:OBJECT",

@@ -35,11 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_porting import __version__
 from vit_porting.families.base import VariantSpec
 from vit_porting.manifest import EVAL_DIR, PortRecord, read_record, verify_manifest
 from vit_porting.parity.images import resize_and_crop, resolve_preprocessing
-from vit_porting.safety import make_scratch
-from vit_porting.workers.protocol import run_worker
+from vit_porting.safety import make_scratch, write_text_atomic
+from vit_porting.workers.jobs import PredictJob, PredictResult
+from vit_porting.workers.protocol import call
 from vit_porting.workers.run_eval import RUNTIMES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
@@ -194,21 +196,21 @@ def prepare_pixels(dataset: Dataset, preprocessing: dict, out: Path, progress: b
     return pixels
 
 
-def _run_with_progress(job: dict, work: Path, total: int, desc: str, progress: bool) -> dict:
-    """run_worker in a thread; the bar follows the count the worker writes after each batch."""
+def _run_with_progress(job: PredictJob, work: Path, total: int, desc: str, progress: bool) -> PredictResult:
+    """The job in a thread; the bar follows the count the worker writes after each batch."""
     from tqdm import tqdm
 
     result: dict = {}
 
     def target():
         try:
-            result["value"] = run_worker("eval", job, work)
+            result["value"] = call(job, work)
         except BaseException as exc:  # re-raised in the caller's thread
             result["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    counter = Path(job["progress"])
+    counter = Path(job.progress)
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
         while thread.is_alive():
             thread.join(0.5)
@@ -297,11 +299,67 @@ def load_record(folder: Path) -> PortRecord:
         raise EvalError(f"{exc} (vit-port port <variant> writes it)") from None
 
 
+def _runtimes(folder: Path, asked: list[str] | None) -> list[str]:
+    """The runtimes to evaluate: those asked for (each file present), else every one whose file is there."""
+    if not asked:
+        found = [r for r in RUNTIMES if (folder / RUNTIME_FILES[r]).exists()]
+        if not found:
+            raise EvalError(f"{folder} holds no model file ({', '.join(RUNTIME_FILES.values())})")
+        return found
+    unknown = [r for r in asked if r not in RUNTIMES]
+    if unknown:
+        raise EvalError(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    missing = [r for r in asked if not (folder / RUNTIME_FILES[r]).exists()]
+    if missing:
+        raise EvalError(f"{folder} lacks {', '.join(RUNTIME_FILES[r] for r in missing)} for "
+                        f"{', '.join(missing)}; port with exports, or choose RUNTIMES=")
+    return list(dict.fromkeys(asked))
+
+
+def _check_labels(spec: VariantSpec, dataset: Dataset) -> None:
+    num_classes = spec.config.num_classes
+    if num_classes <= 0:
+        raise EvalError(f"{spec.name} has no classifier (num_classes {num_classes}); nothing to score")
+    if dataset.labels.min() < 0 or dataset.labels.max() >= num_classes:
+        raise EvalError(f"labels run {dataset.labels.min()}..{dataset.labels.max()}; "
+                        f"{spec.name} has {num_classes} classes")
+
+
+def _predict(folder: Path, spec: VariantSpec, dataset: Dataset, pre: dict, runtimes: list[str],
+             options: EvalOptions) -> tuple[dict[str, np.ndarray], dict[str, PredictResult], float]:
+    """Each runtime's logits on the images prepared once; what each worker said; the preparation's seconds."""
+    work = make_scratch(folder.parent, f"{folder.name}.eval")
+    try:
+        start = time.perf_counter()
+        prepare_pixels(dataset, pre, work / "pixels.npy", options.progress)
+        prep_seconds = time.perf_counter() - start
+        logits, results = {}, {}
+        for runtime in runtimes:
+            job = PredictJob(runtime=runtime, spec=spec.to_dict(), model=str(folder / RUNTIME_FILES[runtime]),
+                             pixels=str(work / "pixels.npy"), mean=pre["mean"], std=pre["std"], batch=options.batch,
+                             out=str(work / f"{runtime}.npy"), progress=str(work / f"{runtime}.progress"))
+            results[runtime] = _run_with_progress(job, work, len(dataset.files), runtime, options.progress)
+            logits[runtime] = np.load(work / f"{runtime}.npy")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return logits, results, prep_seconds
+
+
+def _runtime_row(runtime: str, result: PredictResult) -> dict:
+    info = result.info
+    return {"loads": RUNTIME_LOADS[runtime], "seconds": round(result.seconds, 3),
+            "load_seconds": round(info["load_seconds"], 3), "run_seconds": round(info["run_seconds"], 3),
+            "warmup_seconds": round(info["warmup_seconds"], 3),
+            "images_per_second": (round(info["timed_images"] / info["timed_seconds"], 2) if info["timed_images"]
+                                  else None),
+            "peak_rss_mb": round(result.peak_rss_mb, 1),
+            "versions": {k: v for k, v in info.items() if k in ("torch", "keras", "tensorflow", "onnxruntime")}}
+
+
 def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None = None) -> dict:
     """Evaluate the artifacts of ``folder`` on ``data``; writes folder/eval/eval.json and
     eval.md and returns the eval.json content."""
     options = options or EvalOptions()
-    log = options.log
     folder = Path(folder)
     record = load_record(folder)
     spec, origin = record.spec, record.origin
@@ -309,63 +367,21 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
         problems = verify_manifest(folder)
         if problems:
             raise EvalError(f"{folder} does not match its manifest:\n  " + "\n  ".join(problems[:10]))
-    if options.runtimes:
-        unknown = [r for r in options.runtimes if r not in RUNTIMES]
-        if unknown:
-            raise EvalError(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
-        missing = [r for r in options.runtimes if not (folder / RUNTIME_FILES[r]).exists()]
-        if missing:
-            raise EvalError(f"{folder} lacks {', '.join(RUNTIME_FILES[r] for r in missing)} for "
-                            f"{', '.join(missing)}; port with exports, or choose RUNTIMES=")
-        runtimes = list(dict.fromkeys(options.runtimes))
-    else:
-        runtimes = [r for r in RUNTIMES if (folder / RUNTIME_FILES[r]).exists()]
-        if not runtimes:
-            raise EvalError(f"{folder} holds no model file ({', '.join(RUNTIME_FILES.values())})")
+    runtimes = _runtimes(folder, options.runtimes)
     dataset = discover(data, options.class_map, options.labels, record.labels)
     if options.limit:
         dataset.files, dataset.labels = dataset.files[:options.limit], dataset.labels[:options.limit]
-    num_classes = spec.config.num_classes
-    if num_classes <= 0:
-        raise EvalError(f"{spec.name} has no classifier (num_classes {num_classes}); nothing to score")
-    if dataset.labels.min() < 0 or dataset.labels.max() >= num_classes:
-        raise EvalError(f"labels run {dataset.labels.min()}..{dataset.labels.max()}; "
-                        f"{spec.name} has {num_classes} classes")
+    _check_labels(spec, dataset)
     pre = spec_preprocessing(spec)
-    log(f"Evaluating {folder} on {len(dataset.files)} images of {dataset.root} ({dataset.layout}); "
-        f"runtimes: {', '.join(runtimes)}")
-    work = make_scratch(folder.parent, f"{folder.name}.eval")
-    try:
-        start = time.perf_counter()
-        prepare_pixels(dataset, pre, work / "pixels.npy", options.progress)
-        prep_seconds = time.perf_counter() - start
-        logits, infos = {}, {}
-        for runtime in runtimes:
-            job = {"job": "predict", "runtime": runtime, "spec": spec.to_dict(),
-                   "model": str(folder / RUNTIME_FILES[runtime]), "pixels": str(work / "pixels.npy"),
-                   "mean": pre["mean"], "std": pre["std"], "batch": options.batch,
-                   "out": str(work / f"{runtime}.npy"), "progress": str(work / f"{runtime}.progress")}
-            info = _run_with_progress(job, work, len(dataset.files), runtime, options.progress)
-            logits[runtime] = np.load(work / f"{runtime}.npy")
-            infos[runtime] = info
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    options.log(f"Evaluating {folder} on {len(dataset.files)} images of {dataset.root} ({dataset.layout}); "
+                f"runtimes: {', '.join(runtimes)}")
+    logits, results, prep_seconds = _predict(folder, spec, dataset, pre, runtimes, options)
     summary = summarise(logits, dataset.labels, dataset.files, options.worst)
     for row in summary["agreement"]["worst"]:
         row["label_name"] = record.label(row["label"])
         row["top1_name"] = {n: record.label(i) for n, i in row["top1"].items()}
     for runtime in runtimes:
-        info = infos[runtime]
-        summary["runtimes"][runtime].update(
-            loads=RUNTIME_LOADS[runtime], seconds=round(info["seconds"], 3),
-            load_seconds=round(info["load_seconds"], 3), run_seconds=round(info["run_seconds"], 3),
-            warmup_seconds=round(info["warmup_seconds"], 3),
-            images_per_second=(round(info["timed_images"] / info["timed_seconds"], 2) if info["timed_images"]
-                               else None),
-            peak_rss_mb=round(info["peak_rss_mb"], 1),
-            versions={k: v for k, v in info.items() if k in ("torch", "keras", "tensorflow", "onnxruntime")})
-    from vit_porting.pipeline import TOOLKIT_VERSION
-
+        summary["runtimes"][runtime].update(_runtime_row(runtime, results[runtime]))
     report = {
         "variant": spec.name, "family": spec.family, "artifact_folder": str(folder),
         "random_weights": bool(origin.get("random_weights")), "origin": origin,
@@ -378,13 +394,13 @@ def evaluate(folder: Path | str, data: Path | str, options: EvalOptions | None =
                           "seconds": round(prep_seconds, 3)},
         "batch": options.batch,
         **summary,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "toolkit_version": TOOLKIT_VERSION,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "toolkit_version": __version__,
     }
     out = folder / EVAL_DIR
     out.mkdir(exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "eval.md").write_text(render_markdown(report))
-    log(f"Wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "eval.md", render_markdown(report))
+    options.log(f"Wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return report
 
 

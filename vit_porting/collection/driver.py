@@ -40,6 +40,7 @@ from typing import Any
 
 import fsspec
 
+from vit_porting import __version__
 from vit_porting.collection.report import (
     build_collection,
     collection_dir,
@@ -55,7 +56,8 @@ from vit_porting.families.registry import FamilyError, get_family, variant_from_
 from vit_porting.manifest import METADATA_NAME, is_port_folder, verify_manifest
 from vit_porting.mapping.engine import MappingFileError
 from vit_porting.parity.outputs import DEFAULT_BUDGET_MB
-from vit_porting.pipeline import DEFAULT_ARTIFACTS, TOOLKIT_VERSION, PortError, PortOptions, _replace_folder, port
+from vit_porting.pipeline import DEFAULT_ARTIFACTS, PortError, PortOptions, port
+from vit_porting.pipeline.destination import replace_folder
 from vit_porting.safety import FolderBusyError, FolderLock, make_scratch, remove_stale_scratch
 from vit_porting.workers.protocol import WorkerError
 
@@ -147,7 +149,7 @@ class OutputRoot:
         if not self.remote:
             final = Path(self.folder(variant))
             with FolderLock(final, f"vit-port collection {variant}"):  # not while a port or parity holds it
-                _replace_folder(folder, final, force)
+                replace_folder(folder, final, force)
             return
         fs, final = self.fs, self.folder(variant)
         if fs.exists(final):
@@ -416,7 +418,7 @@ def run_collection(specs: list[VariantSpec], options: CollectionOptions) -> dict
         records.append(variant_entry(spec, facts.get(spec.name), summary, **entry))
     collection = build_collection(
         family, records, command=options.command, engine={k: v for k, v in engine.items() if "largest" not in k},
-        out=options.out, settings=settings, toolkit_version=TOOLKIT_VERSION,
+        out=options.out, settings=settings, toolkit_version=__version__,
         wall_s=round(time.perf_counter() - started, 1),
         machine={"node": platform.node(), "cpus": os.cpu_count(), "load_average_start": load_start,
                  "load_average_end": os.getloadavg()})
@@ -517,7 +519,7 @@ def collection_from_reports(family: str, out: str, command: str | None = None,
         else:
             records.append(variant_entry(spec, facts.get(spec.name), status="error",
                                          error=f"no parity report under {out.rstrip('/')}/{spec.name}"))
-    collection = build_collection(family, records, command=command, out=out, toolkit_version=TOOLKIT_VERSION,
+    collection = build_collection(family, records, command=command, out=out, toolkit_version=__version__,
                                   engine={"name": "reports", "why": "built from parity reports; nothing ported"})
     write_collection(root.fs, root.path, collection)
     return collection

@@ -273,25 +273,34 @@ def snippets(record: PortRecord, fmt: Format | None = None, repos: dict[str, str
             "runner = interpreter.get_signature_runner(\"serving_default\")  # resizes the batch to the input's",
             f"{head} = runner(images=images)[\"{head}\"]",
             *_print_result(head, record)])
-    reference = family.presentation.reference_snippet(spec)
-    if reference is not None:
-        hub = ([f"# straight from the Hub: {reference.hub_line.format(repo=remote['pytorch'])}"]
-               if reference.hub_line and remote.get("pytorch") else [])
-        # a published PyTorch form holds the weights under the family's published name
-        weights_name = family.presentation.hub_weights_name
-        build = [line.replace(SAFETENSORS_FILE, weights_name) if fmt else line for line in reference.build]
-        forms["pytorch"] = (reference.title.replace(SAFETENSORS_FILE, weights_name) if fmt
-                            else reference.title, [
-            *_imports(record, "import numpy as np", "import torch", *reference.imports), "",
-            *hub, *build, *_example_input(spec),
-            "x = torch.from_numpy(images).permute(0, 3, 1, 2)  # PyTorch models take NCHW",
-            "with torch.no_grad():",
-            f"    {head} = {reference.call}.numpy()",
-            *_print_result(head, record)])
+    pytorch = _pytorch_snippet(record, fmt, remote.get("pytorch"))
+    if pytorch:
+        forms["pytorch"] = pytorch
     for key, (title, lines) in forms.items():
         if fmt is None or fmt.key == key:
             out.append((title, "\n".join(lines)))
     return out
+
+
+def _pytorch_snippet(record: PortRecord, fmt: Format | None, repo: str | None) -> tuple[str, list[str]] | None:
+    """The reference library's snippet for model.safetensors (None where the family has none); a published
+    PyTorch form (``fmt``) holds the weights under the family's published name."""
+    spec, head = record.spec, record.spec.head_name
+    presentation = get_family(spec.family).presentation
+    reference = presentation.reference_snippet(spec)
+    if reference is None:
+        return None
+    hub = ([f"# straight from the Hub: {reference.hub_line.format(repo=repo)}"] if reference.hub_line and repo
+           else [])
+    weights_name = presentation.hub_weights_name
+    build = [line.replace(SAFETENSORS_FILE, weights_name) if fmt else line for line in reference.build]
+    title = reference.title.replace(SAFETENSORS_FILE, weights_name) if fmt else reference.title
+    return title, [*_imports(record, "import numpy as np", "import torch", *reference.imports), "",
+                   *hub, *build, *_example_input(spec),
+                   "x = torch.from_numpy(images).permute(0, 3, 1, 2)  # PyTorch models take NCHW",
+                   "with torch.no_grad():",
+                   f"    {head} = {reference.call}.numpy()",
+                   *_print_result(head, record)]
 
 
 def _download_lines(fmt: Format | None, repos: dict[str, str] | None, spec: VariantSpec) -> list[str]:

@@ -23,8 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vit_porting.safety import ENVIRONMENT_ERRNOS, describe_os_error, write_text_atomic
+from vit_porting.workers.jobs import Job
 
 USER_ERROR_EXIT = 2
 PARENT_ENV = "VIT_PORTING_PARENT_PID"  # set by run_worker: the process this worker must not outlive
@@ -89,26 +91,31 @@ def _refuse(result_path: Path, message: str) -> None:
     sys.exit(USER_ERROR_EXIT)
 
 
-def worker_main(jobs: dict[str, Callable[[dict], dict]], user_errors: tuple[type, ...],
+def worker_main(handlers: dict[type[Job] | str, Callable[[Any], Any]], user_errors: tuple[type, ...],
                 argv: list[str] | None = None) -> None:
+    """A worker process's body: read the job file, run its handler, write the result. The toolkit's
+    workers name each job by its record (``jobs.py``), which the file is read into and the handler
+    returns; a tool's own worker (a benchmark's) may name a job by a string and pass dicts."""
     if os.environ.get(PARENT_ENV) and not sys.platform.startswith("linux"):  # Linux: armed before exec
         _poll_parent(int(os.environ[PARENT_ENV]))
     argv = sys.argv[1:] if argv is None else argv
-    job_path = Path(argv[0])
-    job = json.loads(job_path.read_text())
-    result_path = Path(job["result"])
+    data = json.loads(Path(argv[0]).read_text())
+    result_path = Path(data["result"])
+    kind = next(k for k in handlers if (k if isinstance(k, str) else k.name) == data["job"])
+    job = data if isinstance(kind, str) else kind.from_json(data)
     start = time.perf_counter()
     try:
-        result = jobs[job["job"]](job)
+        result = handlers[kind](job)
     except user_errors as exc:
         _refuse(result_path, str(exc))
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise
         # a full disk's write() names no file: the job's output does
-        _refuse(result_path, describe_os_error(exc, job.get("out") or job.get("outputs")))
-    result.update(ok=True, seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
-    write_text_atomic(result_path, json.dumps(result, indent=1, default=str))
+        _refuse(result_path, describe_os_error(exc, data.get("out") or data.get("outputs")))
+    payload = result if isinstance(result, dict) else result.to_json()
+    payload.update(ok=True, seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
+    write_text_atomic(result_path, json.dumps(payload, indent=1, default=str))
 
 
 WORKERS = ("torch", "keras", "onnx", "savedmodel", "litert", "eval")  # vit_porting.workers.run_<name>
@@ -148,3 +155,8 @@ def run_worker(worker: str, job: dict, work_dir: Path, env: dict | None = None, 
         raise WorkerError(module, job["job"],
                           f"{module} {job['job']} failed (exit code {proc.returncode}):\n{tail}", False)
     return result
+
+
+def call(job: Job, work_dir: Path, env: dict | None = None) -> Any:
+    """Run ``job`` in a fresh process of its worker and return its result record (raises WorkerError)."""
+    return job.result_type.from_json(run_worker(job.worker, job.to_json(), work_dir, env=env))

@@ -24,6 +24,14 @@ from vit_porting.export.saved_model import ATTENTION_SIGNATURE
 from vit_porting.families.base import VariantSpec
 from vit_porting.families.registry import get_family, variant_from_dict
 from vit_porting.parity.images import normalize
+from vit_porting.workers.jobs import (
+    AttentionJob,
+    AttentionResult,
+    PredictJob,
+    PredictResult,
+    TimmPreprocessJob,
+    TimmPreprocessResult,
+)
 from vit_porting.workers.protocol import worker_main
 
 RUNTIMES = ("pytorch", "keras", "savedmodel", "onnxruntime")
@@ -93,27 +101,27 @@ PREDICTORS = {"pytorch": _torch_predictor, "keras": _keras_predictor, "savedmode
               "onnxruntime": _onnx_predictor}
 
 
-def job_predict(job: dict) -> dict:
-    spec = variant_from_dict(job["spec"])
-    runtime = job["runtime"]
-    if not Path(job["model"]).exists():
-        raise EvalJobError(f"{job['model']}: missing; {runtime} cannot run (port with exports first)")
+def job_predict(job: PredictJob) -> PredictResult:
+    spec = variant_from_dict(job.spec)
+    runtime = job.runtime
+    if not Path(job.model).exists():
+        raise EvalJobError(f"{job.model}: missing; {runtime} cannot run (port with exports first)")
     start = time.perf_counter()
-    run, info = PREDICTORS[runtime](spec, job["model"])
+    run, info = PREDICTORS[runtime](spec, job.model)
     info["load_seconds"] = time.perf_counter() - start
     run_start = time.perf_counter()
-    pixels = np.load(job["pixels"], mmap_mode="r")
-    batch, n = int(job.get("batch", 32)), len(pixels)
+    pixels = np.load(job.pixels, mmap_mode="r")
+    batch, n = int(job.batch), len(pixels)
     logits = None
-    progress = Path(job["progress"]) if job.get("progress") else None
+    progress = Path(job.progress) if job.progress else None
     for start in range(0, n, batch):
-        images = normalize(pixels[start:start + batch], job["mean"], job["std"])
+        images = normalize(pixels[start:start + batch], job.mean, job.std)
         out = run(images)
         if start == 0:  # the first call traces or compiles: speed is timed from the second batch on
             info["warmup_seconds"] = time.perf_counter() - run_start
             timed_start = time.perf_counter()
         if logits is None:
-            logits = np.lib.format.open_memmap(job["out"], mode="w+", dtype=np.float32, shape=(n, out.shape[-1]))
+            logits = np.lib.format.open_memmap(job.out, mode="w+", dtype=np.float32, shape=(n, out.shape[-1]))
         logits[start:start + len(out)] = out
         if progress is not None:
             tmp = progress.with_suffix(".tmp")
@@ -124,32 +132,32 @@ def job_predict(job: dict) -> dict:
     logits.flush()
     info["run_seconds"] = time.perf_counter() - run_start
     info["timed_images"], info["timed_seconds"] = n - min(batch, n), time.perf_counter() - timed_start
-    return {"runtime": runtime, "images": n, "classes": int(logits.shape[-1]), **info}
+    return PredictResult(runtime=runtime, images=n, classes=int(logits.shape[-1]), info=info)
 
 
-def job_attention(job: dict) -> dict:
+def job_attention(job: AttentionJob) -> AttentionResult:
     """Every output of the model (``keras``: model.keras; ``savedmodel``: saved_model/) on one
     preprocessed image (float32 (1, H, W, 3) in ``image``), written to ``out`` (.npz)."""
-    spec = variant_from_dict(job["spec"])
-    image = np.load(job["image"])
-    if job["source"] == "keras":
+    spec = variant_from_dict(job.spec)
+    image = np.load(job.image)
+    if job.source == "keras":
         import keras
 
         get_family(spec.family).keras()  # registers the layers
-        model = keras.saving.load_model(job["model"], compile=False)
+        model = keras.saving.load_model(job.model, compile=False)
         outputs = {k: keras.ops.convert_to_numpy(v) for k, v in model(image, training=False).items()}
-    elif job["source"] == "savedmodel":
+    elif job.source == "savedmodel":
         import tensorflow as tf
 
-        signature = tf.saved_model.load(job["model"]).signatures[ATTENTION_SIGNATURE]
+        signature = tf.saved_model.load(job.model).signatures[ATTENTION_SIGNATURE]
         outputs = {k: v.numpy() for k, v in signature(images=tf.constant(image)).items()}
     else:
-        raise EvalJobError(f"unknown attention source {job['source']!r} (keras, savedmodel)")
-    np.savez(job["out"], **outputs)
-    return {"outputs": sorted(outputs)}
+        raise EvalJobError(f"unknown attention source {job.source!r} (keras, savedmodel)")
+    np.savez(job.out, **outputs)
+    return AttentionResult(outputs=sorted(outputs))
 
 
-def job_timm_preprocess(job: dict) -> dict:
+def job_timm_preprocess(job: TimmPreprocessJob) -> TimmPreprocessResult:
     """timm's eval transform on image files -> float32 NHWC (``out`` .npy), and the data config.
 
     ``timm_model``: resolve the config from that model's pretrained_cfg (no weights are
@@ -158,24 +166,24 @@ def job_timm_preprocess(job: dict) -> dict:
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    if job.get("timm_model"):
-        model = timm.create_model(job["timm_model"], pretrained=False)
+    if job.timm_model:
+        model = timm.create_model(job.timm_model, pretrained=False)
         config = resolve_data_config({}, model=model)
     else:
-        config = dict(job["config"])
+        config = dict(job.config)
         config["input_size"] = tuple(config["input_size"])
     transform = create_transform(**config, is_training=False)
     arrays = []
-    for path in job["images"]:
+    for path in job.images:
         with Image.open(path) as handle:
             arrays.append(transform(handle.convert("RGB")).numpy().transpose(1, 2, 0))
-    np.save(job["out"], np.stack(arrays).astype(np.float32))
-    return {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
-            "transform": repr(transform), "timm": timm.__version__}
+    np.save(job.out, np.stack(arrays).astype(np.float32))
+    return TimmPreprocessResult(config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
+                                transform=repr(transform), timm=timm.__version__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"predict": job_predict, "attention": job_attention, "timm_preprocess": job_timm_preprocess},
+    worker_main({PredictJob: job_predict, AttentionJob: job_attention, TimmPreprocessJob: job_timm_preprocess},
                 (EvalJobError,), argv)
 
 

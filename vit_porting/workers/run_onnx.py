@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
+from vit_porting.parity.outputs import OutputStore, run_on_inputs, static_shapes
+from vit_porting.workers.jobs import (
+    OnnxRunJob,
+    OnnxRunResult,
+    OnnxVariantsJob,
+    OptimiseJob,
+    OptimiseResult,
+    VariantsResult,
+    WriteVariantsJob,
+)
 from vit_porting.workers.protocol import worker_main
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -82,7 +91,7 @@ def _head_runner(session):
     return (lambda images, _names=None: run(images)), static_shapes(shapes)
 
 
-def job_optimise(job: dict) -> dict:
+def job_optimise(job: OptimiseJob) -> OptimiseResult:
     """The candidate serving graphs of ``model.onnx`` (``vit_porting.export.onnx_serving.write_graphs``), each
     checked and loaded in a plain session, timed against each other at batch 1 and 8, and run on the
     parity inputs (head output and photographs) into ``outputs/<graph>``, for the port to choose from.
@@ -97,8 +106,8 @@ def job_optimise(job: dict) -> dict:
     from vit_porting.export.timing import choose_fastest
     from vit_porting.parity.outputs import plan_calls
 
-    graphs = write_graphs(job["folder"], job["model"])
-    external = uses_external_data(onnx.load(job["model"], load_external_data=False))
+    graphs = write_graphs(job.folder, job.model)
+    external = uses_external_data(onnx.load(job.model, load_external_data=False))
     sessions = {}
     for name, graph in graphs.items():
         if "path" not in graph:
@@ -121,23 +130,23 @@ def job_optimise(job: dict) -> dict:
     timed = list(sessions)
     del fns, first, sessions
 
-    budget = job.get("budget_mb", DEFAULT_BUDGET_MB)
-    maps = onnx.load(job["attention_model"], load_external_data=False).graph.output
+    budget = job.budget_mb
+    maps = onnx.load(job.attention_model, load_external_data=False).graph.output
     maps_shapes = static_shapes({o.name: _dims(o) for o in maps})
-    with np.load(job["inputs"]) as data:
+    with np.load(job.inputs) as data:
         batch = len(data["images"])
     one_image = maps_shapes is not None and any(
         one for _, one in plan_calls(maps_shapes, batch, int(budget * 2**20)))
     for name in timed:
         session = _session(graphs[name]["path"], "CPUExecutionProvider")
         run, shapes = _head_runner(session)
-        run_on_inputs(run, job["inputs"], head, OutputStore(f"{job['outputs']}/{name}"), shapes, budget,
+        run_on_inputs(run, job.inputs, head, OutputStore(f"{job.outputs}/{name}"), shapes, budget,
                       one_image=one_image)
         del session, run
-    return {"graphs": graphs, "timing": timing, "head": head}
+    return OptimiseResult(graphs=graphs, timing=timing, head=head)
 
 
-def job_write_variants(job: dict) -> dict:
+def job_write_variants(job: WriteVariantsJob) -> VariantsResult:
     """The reduced-precision variants of ``source`` (the fp32 serving graph in standard ops) written into
     ``folder`` (``vit_porting.export.onnx_serving.VARIANT_FILES``); what each is."""
     import onnx
@@ -147,58 +156,56 @@ def job_write_variants(job: dict) -> dict:
     writers = {"onnx_int8": write_int8, "onnx_fp16": write_fp16}
     made = {}
     for name, file in VARIANT_FILES.items():
-        path = f"{job['folder']}/{file}"
-        info = writers[name](job["source"], path)
+        path = f"{job.folder}/{file}"
+        info = writers[name](job.source, path)
         model = onnx.load(path, load_external_data=False)
         made[name] = {**info, "file": file, "checker": describe(path)["checker"], "nodes": len(model.graph.node),
                       "non_standard_ops": non_standard_ops(model)}
-    return {"variants": made}
+    return VariantsResult(variants=made)
 
 
-def job_variants(job: dict) -> dict:
+def job_variants(job: OnnxVariantsJob) -> VariantsResult:
     """Each of ``files`` ({variant: path}) loaded in a plain session (ONNX Runtime's defaults) and run
     on the parity inputs (head output and photographs) into ``outputs/<variant>``."""
     import onnxruntime as ort
 
     info = {}
-    for name, path in job["files"].items():
+    for name, path in job.files.items():
         session = _serving_session(path, external=False)
         run, shapes = _head_runner(session)
-        run_on_inputs(run, job["inputs"], session.get_outputs()[0].name, OutputStore(f"{job['outputs']}/{name}"),
-                      shapes, job.get("budget_mb", DEFAULT_BUDGET_MB))
+        run_on_inputs(run, job.inputs, session.get_outputs()[0].name, OutputStore(f"{job.outputs}/{name}"),
+                      shapes, job.budget_mb)
         info[name] = {"runtime": f"onnxruntime {ort.__version__}", "provider": session.get_providers()[0]}
         del session, run
-    return {"variants": info}
+    return VariantsResult(variants=info)
 
 
-def job_run(job: dict) -> dict:
+def job_run(job: OnnxRunJob) -> OnnxRunResult:
     import onnxruntime as ort
 
-    device = job.get("device", "cpu")
-    provider = PROVIDERS["cuda" if device.startswith("cuda") else "cpu"]
+    provider = PROVIDERS["cuda" if job.device.startswith("cuda") else "cpu"]
     if provider not in ort.get_available_providers():
         raise ProviderUnavailable(f"onnxruntime {ort.__version__} has no {provider}")
-    info = describe(job["model"])
+    info = describe(job.model)
     head = info["outputs"][0]
-    budget = job.get("budget_mb", DEFAULT_BUDGET_MB)
-    store = OutputStore(job["outputs"])
+    store = OutputStore(job.outputs)
     # one session at a time: two would hold the weights twice
-    session = _session(job["attention_model"], provider)
+    session = _session(job.attention_model, provider)
     run, shapes = _runner(session)
-    calls = run_on_inputs(run, job["inputs"], head, store, static_shapes(shapes), budget)
+    calls = run_on_inputs(run, job.inputs, head, store, static_shapes(shapes), job.budget_mb)
     del session, run
-    session = _session(job["model"], provider)
+    session = _session(job.model, provider)
     run, shapes = _runner(session)
     # the same images per call: the logits file computes the maps the attention file returned, and
     # the whole batch at once took cvt-w24-384-22k's worker from 2.7 to 6.3 GB
-    run_on_inputs(run, job["inputs"], head, store, static_shapes(shapes), budget, one_image=calls["per_image"])
-    return {**info, "attention_outputs": describe(job["attention_model"])["outputs"], "onnxruntime": ort.__version__,
-            "provider": session.get_providers()[0], "calls": calls}
+    run_on_inputs(run, job.inputs, head, store, static_shapes(shapes), job.budget_mb, one_image=calls["per_image"])
+    return OnnxRunResult(**info, attention_outputs=describe(job.attention_model)["outputs"],
+                         onnxruntime=ort.__version__, provider=session.get_providers()[0], calls=calls)
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"run": job_run, "optimise": job_optimise, "write_variants": job_write_variants,
-                 "variants": job_variants}, (ProviderUnavailable,), argv)
+    worker_main({OnnxRunJob: job_run, OptimiseJob: job_optimise, WriteVariantsJob: job_write_variants,
+                 OnnxVariantsJob: job_variants}, (ProviderUnavailable,), argv)
 
 
 if __name__ == "__main__":

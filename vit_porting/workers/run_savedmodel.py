@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from vit_porting.export.saved_model import ATTENTION_SIGNATURE, SIGNATURE_KEY
-from vit_porting.parity.outputs import DEFAULT_BUDGET_MB, OutputStore, run_on_inputs, static_shapes
+from vit_porting.parity.outputs import OutputStore, run_on_inputs, static_shapes
+from vit_porting.workers.jobs import SavedModelJob, SavedModelResult
 from vit_porting.workers.protocol import worker_main
 
 
-def job_run(job: dict) -> dict:
+def job_run(job: SavedModelJob) -> SavedModelResult:
     """The signature on the parity inputs, one image per call when their outputs pass the budget.
 
     Every output in each call: a tf.function that calls the signature and returns a subset
@@ -26,7 +27,7 @@ def job_run(job: dict) -> dict:
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(job["saved_model"])
+    loaded = tf.saved_model.load(job.saved_model)
     serve, maps = loaded.signatures[SIGNATURE_KEY], loaded.signatures[ATTENTION_SIGNATURE]
     (head,) = serve.structured_outputs
     outputs = sorted(maps.structured_outputs)
@@ -41,15 +42,15 @@ def job_run(job: dict) -> dict:
         return result
 
     shapes = static_shapes({k: v.shape.as_list() for k, v in maps.structured_outputs.items()})
-    calls = run_on_inputs(run, job["inputs"], head, OutputStore(job["outputs"]), shapes,
-                          job.get("budget_mb", DEFAULT_BUDGET_MB), split_outputs=False)
-    return {"tensorflow": tf.__version__, "signature_outputs": {k: sorted(fn.structured_outputs)
-                                                                for k, fn in loaded.signatures.items()},
-            "calls": calls, "devices": [d.name for d in tf.config.list_logical_devices()]}
+    calls = run_on_inputs(run, job.inputs, head, OutputStore(job.outputs), shapes, job.budget_mb,
+                          split_outputs=False)
+    return SavedModelResult(tensorflow=tf.__version__, calls=calls,
+                            signature_outputs={k: sorted(fn.structured_outputs) for k, fn in loaded.signatures.items()},
+                            devices=[d.name for d in tf.config.list_logical_devices()])
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main({"run": job_run}, (), argv)
+    worker_main({SavedModelJob: job_run}, (), argv)
 
 
 if __name__ == "__main__":
