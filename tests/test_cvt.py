@@ -328,8 +328,7 @@ def test_microsoft_layout_checkpoint_ports(tmp_path):
     result = _python(f"""
         import json, re, torch
         from safetensors.torch import save_file
-        from vit_porting.families.registry import get_family
-        from vit_porting.families.base import VariantSpec
+        from vit_porting.families.registry import get_family, variant_from_dict
         from vit_porting.families.cvt.reference import build_reference as build_hf_cvt
         from vit_porting.weights.random import perturb_
         spec = variant_from_dict(json.loads({json.dumps(json.dumps(spec.to_dict()))}))

@@ -258,7 +258,7 @@ _LOADERS = {
     # form: (code computing `logits` from `images` in the staged form's folder, whether Keras layers are needed)
     "keras": ("""
 import keras
-import vit_porting.families.registry.{family}.model
+import vit_porting.families.{family}.model
 logits = keras.ops.convert_to_numpy(keras.saving.load_model(FOLDER, compile=False)(images)["logits"])
 """, True),
     "savedmodel": ("""

@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from vit_porting import __version__, pipeline
+from vit_porting import __version__
 from vit_porting.families.registry import get_variant
 from vit_porting.manifest import verify_manifest, write_manifest
 from vit_porting.pipeline import PortError, PortOptions, port
@@ -187,7 +188,7 @@ def test_failing_writer_leaves_previous_folder(tmp_path, previous, monkeypatch):
     def disk_full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_reports", disk_full)
+    monkeypatch.setattr(import_module("vit_porting.pipeline.port"), "write_reports", disk_full)
     with pytest.raises(PortError, match="No space left on device") as info:
         port(SPEC, PortOptions(weights="random", out_root=previous.parent, force=True, exports=False,
                                log=lambda _m: None))

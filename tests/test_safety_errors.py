@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from vit_porting import cli, pipeline
+from vit_porting import cli
+from vit_porting.pipeline import runtimes
 from vit_porting.families.registry import get_family, get_variant
 from vit_porting.mapping.engine import MappingError, MappingFileError, MappingSpec, family_mapping
 from vit_porting.workers import protocol as worker
@@ -91,7 +92,7 @@ def test_full_disk_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch):
     def disk_full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file name
 
-    monkeypatch.setattr(pipeline, "_write_inputs", disk_full)
+    monkeypatch.setattr(runtimes, "write_parity_inputs", disk_full)
     out = tmp_path / "out"
     code, stderr = _main(capsys, "port", VARIANT, "--weights", "random", "--out", str(out), "--no-export")
     assert code == 2
